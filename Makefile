@@ -1,0 +1,46 @@
+# Layerwise — every target installs what it needs into .venv first (once).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# nbgrader shells out to `alembic`: the venv's bin/ must be on PATH for every call.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+STAMP := $(VENV)/.installed
+TORCH := torch==2.13.0
+PROFILE ?= auto
+
+.PHONY: all install book test exercises bench clean
+
+all: test
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || (command -v $(PYTHON) >/dev/null && $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV))
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[book,grade,models,dev]"
+	@touch $@
+
+## make book: execute every chapter (papermill, PROFILE=auto) and build the HTML book.
+book: $(STAMP)
+	rm -rf _build/src
+	$(BIN)/python -m layerwise.course execute --profile $(PROFILE) --out _build/src
+	$(BIN)/jupyter-book build _build/src --path-output . -W -n --keep-going
+	@echo "Book: _build/html/index.html"
+
+## make test: library tests, chapters in the fast profile, nbgrader round trips, book build.
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+## make exercises: regenerate exercises/ (student release) from solutions/.
+exercises: $(STAMP)
+	$(BIN)/python -m layerwise.course release
+
+bench: $(STAMP)
+	$(BIN)/python -m layerwise.bench
+
+clean:
+	rm -rf _build .pytest_cache gradebook.db autograded feedback submitted grades.csv
+	find . -name __pycache__ -prune -exec rm -rf {} +
