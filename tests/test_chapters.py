@@ -1,0 +1,78 @@
+"""Every chapter in book/ executes in the fast profile, and the whole book builds with -W.
+
+Chapters are discovered from book/ (see layerwise.course), so a new chapter needs nothing here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from layerwise.course import chapters, execute_chapter, stage_book
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = chapters(ROOT)
+_executed: dict[Path, tuple[Path, float]] = {}
+
+
+@pytest.fixture(scope="session")
+def staged(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("book") / "src"
+    stage_book(ROOT, out)
+    return out
+
+
+def _execute(chapter: Path, staged: Path) -> tuple[Path, float]:
+    if chapter not in _executed:
+        dest = staged / chapter.relative_to(ROOT)
+        _executed[chapter] = (dest, execute_chapter(chapter, dest, profile="fast"))
+    return _executed[chapter]
+
+
+def _outputs(nb) -> list[dict]:
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+
+
+def test_chapters_are_discovered():
+    assert CHAPTERS, "no chapters found under book/"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.stem for c in CHAPTERS])
+def test_chapter_executes_in_fast_profile(chapter: Path, staged: Path):
+    dest, seconds = _execute(chapter, staged)
+    print(f"{chapter.name}: {seconds:.1f} s in the fast profile")
+    nb = nbformat.read(dest, as_version=4)
+    outs = _outputs(nb)
+    assert not [o for o in outs if o.get("output_type") == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outs), f"{chapter.name} produced no figure"
+    results = dest.parent / f"{chapter.stem}.results.json"
+    assert results.exists(), f"{chapter.name} did not save its paper-vs-ours table (core.paper_table)"
+    table = json.loads(results.read_text())
+    assert table["profile"] == "fast" and table["rows"], table
+    assert all(r["reproduced"] in ("yes", "no", "partly", "n/a") for r in table["rows"])
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and "remove-cell" in injected[0].metadata["tags"], "papermill's parameters cell must be hidden"
+
+
+def test_book_builds_without_warnings(staged: Path, tmp_path: Path):
+    for chapter in CHAPTERS:
+        _execute(chapter, staged)
+    jb = Path(sys.executable).parent / "jupyter-book"
+    proc = subprocess.run([str(jb), "build", str(staged), "--path-output", str(tmp_path), "-W", "-n", "--keep-going"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, f"jupyter-book build failed:\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
+    html = tmp_path / "_build" / "html"
+    assert (html / "index.html").exists()
+    for chapter in CHAPTERS:
+        page = html / chapter.relative_to(ROOT).with_suffix(".html")
+        assert page.exists(), f"{chapter.name} is not in the built book (is its part in _toc.yml?)"
+        text = page.read_text()
+        assert "<img" in text, f"{page.name} shows no figure"
+        assert "layerwise-results" in text, f"{page.name} shows no paper-vs-ours table"
+        assert "colab.research.google.com" in text, f"{page.name} has no Colab launch button"
+        assert 'PROFILE = "fast"' not in text, "papermill's injected parameters are visible in the book"

@@ -1,0 +1,110 @@
+"""Repository conventions that keep the course consistent as papers are added (DESIGN.md)."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from layerwise.course import assignments, chapters
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = chapters(ROOT)
+ASSIGNMENTS = assignments(ROOT)
+
+
+def _tracked_notebooks() -> list[Path]:
+    out = subprocess.run(["git", "ls-files", "*.ipynb"], cwd=ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip("not a git checkout")
+    return [ROOT / p for p in out.stdout.split()]
+
+
+def test_notebooks_in_git_carry_no_outputs():
+    for path in _tracked_notebooks():
+        nb = json.loads(path.read_text())
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "code":
+                assert not cell.get("outputs") and cell.get("execution_count") is None, (
+                    f"{path.relative_to(ROOT)} carries outputs: strip them before committing")
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.stem for c in CHAPTERS])
+def test_chapter_conventions(chapter: Path):
+    nb = nbformat.read(chapter, as_version=4)
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and re.search(r'^PROFILE = "auto"', params[0].source, re.M), (
+        f"{chapter.name} needs one cell tagged 'parameters' that sets PROFILE = \"auto\"")
+    text = "\n".join(c.source for c in nb.cells)
+    assert re.match(r"# .+", nb.cells[0].source), "the first cell is the chapter's title"
+    keys = set(re.findall(r"\{cite(?::[a-z]+)?\}`([^`]+)`", text))
+    assert keys, f"{chapter.name} cites no paper"
+    bib = (ROOT / "references.bib").read_text()
+    for key in {k.strip() for group in keys for k in group.split(",")}:
+        assert f"{{{key}," in bib, f"{chapter.name} cites {key!r}, which references.bib lacks"
+    assert "paper_table(" in text, f"{chapter.name} has no paper-vs-ours table"
+    assert "ipywidgets" in text, f"{chapter.name} has no widget"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.stem for c in CHAPTERS])
+def test_every_chapter_has_its_four_files(chapter: Path):
+    name = chapter.stem
+    assert name in ASSIGNMENTS, f"{name}: no solutions/{name}/{name}.ipynb"
+    assert (ROOT / "exercises" / name / f"{name}.ipynb").exists(), f"{name}: run `make exercises`"
+    meta = nbformat.read(ROOT / "solutions" / name / f"{name}.ipynb", as_version=4).metadata["layerwise"]
+    module = importlib.import_module(meta["reference"])
+    method = meta["reference"].rsplit(".", 1)[-1]
+    assert (ROOT / "tests" / f"test_{method}.py").exists(), f"{name}: tests/test_{method}.py is missing"
+    assert f"layerwise import {method}" in "\n".join(c.source for c in nbformat.read(chapter, as_version=4).cells) \
+        or f"layerwise.{method}" in chapter.read_text(), f"{chapter.name} does not use layerwise.{method}"
+    assert module.__doc__, f"layerwise.{method} needs a module docstring citing the paper"
+
+
+@pytest.mark.parametrize("name", ASSIGNMENTS)
+def test_graded_functions_match_the_reference_signatures(name: str):
+    nb = nbformat.read(ROOT / "solutions" / name / f"{name}.ipynb", as_version=4)
+    meta = nb.metadata["layerwise"]
+    module = importlib.import_module(meta["reference"])
+    defs = {}
+    for cell in nb.cells:
+        if cell.metadata.get("nbgrader", {}).get("solution"):
+            for node in ast.parse(cell.source).body:
+                if isinstance(node, ast.FunctionDef):
+                    defs[node.name] = [a.arg for a in node.args.args]
+    for fn in meta["graded"]:
+        assert hasattr(module, fn), f"{meta['reference']} has no {fn}"
+        ref_params = list(inspect.signature(getattr(module, fn)).parameters)
+        assert defs.get(fn) == ref_params, f"{name}: {fn}{tuple(defs.get(fn) or ())} must match the reference {fn}{tuple(ref_params)}"
+
+
+def test_environment_yml_mirrors_pyproject():
+    py = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = py["dependencies"] + [r for extra in py["optional-dependencies"].values() for r in extra]
+    env = (ROOT / "environment.yml").read_text()
+    for req in reqs:
+        name = re.match(r"[A-Za-z0-9_.\-]+", req).group(0).lower()
+        assert re.search(rf"^\s*- {re.escape(name)}\b", env, re.M | re.I), f"environment.yml lacks {name}"
+    assert "torch==2.13.0" in (ROOT / "Makefile").read_text()
+
+
+def test_ci_runs_make_test():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    assert "make test" in (ROOT / "README.md").read_text()
+
+
+def test_bench_runs_quickly_and_prints_ratios():
+    out = subprocess.run([sys.executable, "-m", "layerwise.bench", "--quick"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    from layerwise.bench import available
+    for name in available():
+        assert f"[{name}]" in out.stdout
+    assert re.search(r"M=8 / M=1 = \d+\.\d+x", out.stdout) and re.search(r"loop over samples / batched = \d+\.\d+x", out.stdout)
