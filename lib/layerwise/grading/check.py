@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Callable, Iterator, Sequence
@@ -184,13 +185,16 @@ def _time_limit(seconds: float | None, fn_name: str) -> Iterator[None]:
             f"{fn_name} did not return within {seconds:g} s and was stopped. Is there an infinite loop, "
             "or a loop over every element that should be a tensor operation?")
 
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    old_handler = signal.signal(signal.SIGALRM, on_alarm)
+    start = time.monotonic()
+    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+        signal.signal(signal.SIGALRM, old_handler)
+        if old_delay > 0:  # give back whatever alarm was pending before (e.g. a test runner's timeout)
+            signal.setitimer(signal.ITIMER_REAL, max(old_delay - (time.monotonic() - start), 1e-3), old_interval)
 
 
 def run_student(fn: Callable[..., Any], args: tuple = (), kwargs: dict | None = None, *,
