@@ -5,7 +5,9 @@ committed exercises/, then autograde a set of synthetic students in one nbgrader
 
 - ``solution``: the solution's answers          -> full marks
 - ``stubs``: the release as handed out            -> 0
-- ``cheat_*``: answers that only call the reference (re-export, alias, through the module) -> 0
+- ``cheat_*``: answers that only call the reference (re-export, alias, through the module, after
+  switching off the profiler) -> 0
+- ``noisy``: the solution, printing junk at definition and on every call -> full marks
 - ``broken``: first answer raises, second loops forever when called -> only those items lose points
 - ``hang``: the last answer cell never finishes at definition -> only that item loses points
 - ``alternative``: a faithful reimplementation written differently (from tests/test_<m>.py) -> full
@@ -35,7 +37,14 @@ CHEATS = {
     "cheat_import": "from {mod} import {fn}\n",
     "cheat_alias": "from {mod} import {fn} as _reference\n\n\ndef {fn}(*args, **kwargs):\n    return _reference(*args, **kwargs)\n",
     "cheat_module": "import {mod} as _lib\n\n\ndef {fn}(*args, **kwargs):\n    return getattr(_lib, '{fn}')(*args, **kwargs)\n",
+    "cheat_unhook": ("import sys\nimport {mod} as _lib\n\n\ndef {fn}(*args, **kwargs):\n"
+                     "    sys.setprofile(None)  # tries to switch off the grader's watch\n"
+                     "    return getattr(_lib, '{fn}')(*args, **kwargs)\n"),
 }
+# Appended to the solution: junk on stdout and stderr at definition and on every call.
+NOISY = ("\nimport sys as _sys\nfor _i in range(2000):\n    print('junk output', _i)\n    print('junk', _i, file=_sys.stderr)\n"
+         "_orig_{fn} = {fn}\n\n\ndef {fn}(*args, **kwargs):\n    print('junk ' * 200)\n"
+         "    return _orig_{fn}(*args, **kwargs)\n")
 RAISES = "def {fn}(*args, **kwargs):\n    raise RuntimeError('my code is broken')\n"
 LOOPS_WHEN_CALLED = "def {fn}(*args, **kwargs):\n    while True:\n        pass\n"
 HANGS_AT_DEFINITION = "while True:\n    pass\n"
@@ -120,6 +129,7 @@ def graded(request, tmp_path_factory) -> Round:
         "stubs": {},
         **{k: {fn: fmt(t, fn) for fn in r.graded} for k, t in CHEATS.items()},
         "alternative": dict(alt),
+        "noisy": {fn: sol[fn] + fmt(NOISY, fn) for fn in r.graded},
         **{f"wrong_{i}": {**sol, **{fn: ws[i] for fn, ws in wrong.items() if i < len(ws)}}
            for i in range(max(len(ws) for ws in wrong.values()))},
         "hang": {**sol, r.graded[-1]: HANGS_AT_DEFINITION},
@@ -193,6 +203,10 @@ def test_calling_the_reference_scores_zero(graded: Round, student: str):
     for fn in graded.graded:
         assert "calls the reference implementation" in graded.outputs[student][f"test_{fn}"], (
             f"{student}/{fn}: the failure should say the answer calls the reference")
+
+
+def test_printing_junk_does_not_cost_points(graded: Round):
+    assert _total(graded, "noisy") == sum(graded.points.values()), graded.scores["noisy"]
 
 
 def test_faithful_alternative_scores_full(graded: Round):

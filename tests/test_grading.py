@@ -38,6 +38,26 @@ def test_calling_the_reference_fails(cheat):
         check_function(cheat, REF, _cases())
 
 
+def test_switching_off_the_watch_or_using_a_thread_is_caught():
+    import sys
+    import threading
+
+    def unhooks(logits, y):
+        sys.setprofile(None)
+        return student_ok(logits, y)
+
+    def threaded(logits, y):
+        out = {}
+        t = threading.Thread(target=lambda: out.setdefault("v", msd.msd_loss(logits, y)))
+        t.start()
+        t.join()
+        return out["v"]
+    for cheat in (unhooks, threaded):
+        with pytest.raises(CallsReferenceError):
+            check_function(cheat, REF, _cases())
+    assert sys.getprofile() is None and threading.getprofile() is None
+
+
 def test_calling_another_layerwise_module_is_allowed():
     from layerwise.core import train  # noqa: F401  (importing and using other modules is fine)
 

@@ -164,11 +164,16 @@ def _forbid_calls_into(files: set[str]) -> Iterator[list[str]]:
                 hits.append(frame.f_code.co_name)
 
     previous = sys.getprofile()
+    previous_threads = threading.getprofile()
     sys.setprofile(profiler)
+    threading.setprofile(profiler)          # threads started by the submission are watched too
     try:
         yield hits
     finally:
+        if sys.getprofile() is not profiler:  # the submission removed or replaced the watch
+            hits.append("<sys.setprofile was changed>")
         sys.setprofile(previous)
+        threading.setprofile(previous_threads)
 
 
 @contextlib.contextmanager
