@@ -50,9 +50,11 @@ def sample_dropout_masks(num_samples: int, shape: tuple[int, ...] | torch.Size, 
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples (M) must be an int >= 1, got {num_samples!r}")
     _check_p(p)
+    # the noise is drawn where the generator lives, then moved to ``device``
     u = torch.rand((num_samples, *shape), generator=generator, dtype=dtype,
-                   device=device if generator is None else generator.device)
-    return dropout_masks(u, p).to(device) if device is not None else dropout_masks(u, p)
+                   device=generator.device if generator is not None else device)
+    masks = dropout_masks(u, p)
+    return masks if device is None else masks.to(device)
 
 
 def msd_logits(h: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor],
