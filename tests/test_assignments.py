@@ -6,7 +6,8 @@ committed exercises/, then autograde a set of synthetic students in one nbgrader
 - ``solution``: the solution's answers          -> full marks
 - ``stubs``: the release as handed out            -> 0
 - ``cheat_*``: answers that only call the reference (re-export, alias, through the module, after
-  switching off the profiler) -> 0
+  switching off the profiler, after patching the grading helpers) -> 0
+- ``patch_reference``: a wrong answer that reassigns the reference to itself -> loses its points
 - ``noisy``: the solution, printing junk at definition and on every call -> full marks
 - ``broken``: first answer raises, second loops forever when called -> only those items lose points
 - ``hang``: the last answer cell never finishes at definition -> only that item loses points
@@ -40,7 +41,12 @@ CHEATS = {
     "cheat_unhook": ("import sys\nimport {mod} as _lib\n\n\ndef {fn}(*args, **kwargs):\n"
                      "    sys.setprofile(None)  # tries to switch off the grader's watch\n"
                      "    return getattr(_lib, '{fn}')(*args, **kwargs)\n"),
+    "cheat_patch_grading": ("import layerwise.grading, layerwise.grading.check\nfrom {mod} import {fn}\n"
+                            "layerwise.grading.check_function = layerwise.grading.check.check_function = "
+                            "lambda *args, **kwargs: None\n"),
 }
+# A wrong answer that makes the reference point at itself, hoping the check compares it with itself.
+PATCH_REFERENCE = "\nimport {mod} as _lib\n_lib.{fn} = {fn}\n"
 # Appended to the solution: junk on stdout and stderr at definition and on every call.
 NOISY = ("\nimport sys as _sys\nfor _i in range(2000):\n    print('junk output', _i)\n    print('junk', _i, file=_sys.stderr)\n"
          "_orig_{fn} = {fn}\n\n\ndef {fn}(*args, **kwargs):\n    print('junk ' * 200)\n"
@@ -130,6 +136,7 @@ def graded(request, tmp_path_factory) -> Round:
         **{k: {fn: fmt(t, fn) for fn in r.graded} for k, t in CHEATS.items()},
         "alternative": dict(alt),
         "noisy": {fn: sol[fn] + fmt(NOISY, fn) for fn in r.graded},
+        "patch_reference": {fn: wrong[fn][-1] + fmt(PATCH_REFERENCE, fn) for fn in r.graded},
         **{f"wrong_{i}": {**sol, **{fn: ws[i] for fn, ws in wrong.items() if i < len(ws)}}
            for i in range(max(len(ws) for ws in wrong.values()))},
         "hang": {**sol, r.graded[-1]: HANGS_AT_DEFINITION},
@@ -203,6 +210,12 @@ def test_calling_the_reference_scores_zero(graded: Round, student: str):
     for fn in graded.graded:
         assert "calls the reference implementation" in graded.outputs[student][f"test_{fn}"], (
             f"{student}/{fn}: the failure should say the answer calls the reference")
+
+
+def test_redirecting_the_reference_to_a_wrong_answer_does_not_pass(graded: Round):
+    for fn in graded.graded:
+        assert _item(graded, "patch_reference", fn) < graded.points[fn], (
+            f"a wrong {fn} passed after reassigning {graded.reference}.{fn} to itself")
 
 
 def test_printing_junk_does_not_cost_points(graded: Round):

@@ -131,3 +131,11 @@ def test_assert_close_and_describe():
         grading.assert_close((torch.ones(2), 3.0), (torch.ones(2), 4.0))
     assert grading.describe(torch.zeros(2, 3, dtype=torch.float64)) == "float64 tensor of shape (2, 3)"
     assert grading.fresh_generator().initial_seed() != grading.fresh_generator().initial_seed()
+
+
+def test_reassigning_the_reference_does_not_fool_the_check(monkeypatch):
+    def wrong(logits, y):
+        return F.cross_entropy(logits.mean(0), y)
+    monkeypatch.setattr(msd, "msd_loss", wrong)          # what an answer cell could do
+    with pytest.raises(AssertionError, match="values differ"):
+        check_function(wrong, REF, _cases())

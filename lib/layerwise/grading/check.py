@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import importlib.util
 import inspect
 import os
 import signal
@@ -224,13 +225,26 @@ def run_student(fn: Callable[..., Any], args: tuple = (), kwargs: dict | None = 
     return out
 
 
+def _fresh_copy(module: ModuleType) -> ModuleType:
+    """A private copy of ``module`` executed from its source file, so that an answer cell that
+    reassigned the reference's functions (``layerwise.msd.msd_loss = my_msd_loss``) cannot make
+    the check compare the submission with itself. ``sys.modules`` is left untouched."""
+    path = getattr(module, "__file__", None)
+    if not path or not path.endswith(".py"):
+        return module
+    spec = importlib.util.spec_from_file_location(module.__name__, path)
+    copy_ = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copy_)
+    return copy_
+
+
 def _resolve(reference: str | Callable[..., Any]) -> tuple[Callable[..., Any], ModuleType]:
     if callable(reference) and not isinstance(reference, str):
         return reference, sys.modules[reference.__module__]
     if not isinstance(reference, str) or "." not in reference:
         raise ValueError(f"reference must be 'package.module.function' or a function, got {reference!r}")
     mod_name, fn_name = reference.rsplit(".", 1)
-    module = importlib.import_module(mod_name)
+    module = _fresh_copy(importlib.import_module(mod_name))
     fn = getattr(module, fn_name, None)
     if fn is None:
         raise ValueError(f"reference module {mod_name} has no function {fn_name!r}")
