@@ -46,7 +46,7 @@ class Split:
                 f"{self.num_classes} classes)")
 
 
-def _seeded_split(n: int, test_size: float, seed: int, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _seeded_split(y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Stratified, seeded permutation split into train and test indices."""
     rng = np.random.default_rng(seed)
     train_idx, test_idx = [], []
@@ -73,7 +73,7 @@ def digits(*, test_size: float = 0.2, seed: int = 0, flat: bool = False,
     X = (d.data.astype(np.float32) / 16.0)
     X = X if flat else X.reshape(-1, 1, 8, 8)
     y = d.target.astype(np.int64)
-    tr, te = _seeded_split(len(y), test_size, seed, y)
+    tr, te = _seeded_split(y, test_size, seed)
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
     return Split(t(X[tr]), t(y[tr]), t(X[te]), t(y[te]), tuple(str(i) for i in range(10)), "digits")
 
