@@ -18,6 +18,7 @@ committed exercises/, then autograde a set of synthetic students in one nbgrader
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import re
@@ -92,7 +93,7 @@ class Round:
 
 
 def _build_submission(release, answers: dict[str, str]):
-    nb = nbformat.from_dict(json.loads(json.dumps(release)))
+    nb = copy.deepcopy(release)
     for cell in nb.cells:
         gid = _grade_id(cell)
         if gid in answers:

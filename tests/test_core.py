@@ -191,3 +191,17 @@ def test_compare_times_orders_a_slow_and_a_fast_function():
         compare_times({"a": lambda: None}, repeats=0)
     with pytest.raises(TypeError, match="callable"):
         compare_times({"a": 3})
+
+
+def test_train_step_fn_updates_the_model():
+    from layerwise.core import train_step_fn
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    before = F.cross_entropy(model(x), y).item()
+    step = train_step_fn(model, F.cross_entropy, x, y, lr=0.5)
+    for _ in range(5):
+        step()
+    assert F.cross_entropy(model(x), y).item() < before
+    with pytest.raises(TypeError, match="model"):
+        train_step_fn(lambda t: t, F.cross_entropy, x, y)

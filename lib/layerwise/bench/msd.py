@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from layerwise import msd
 from layerwise.bench import Ratio
-from layerwise.core import ConvTrunk, compare_times, get_device
+from layerwise.core import ConvTrunk, compare_times, get_device, train_step_fn
 
 
 def msd_logits_loop(h: torch.Tensor, head: nn.Module, masks: torch.Tensor) -> torch.Tensor:
@@ -29,20 +29,13 @@ def run(quick: bool = False) -> list[Ratio]:
     x = torch.rand(64, 1, 8, 8, device=device)
     y = torch.randint(0, 10, (64,), device=device)
 
-    def step_fn(m: int):
+    def model(m: int) -> nn.Module:
         torch.manual_seed(0)
         trunk = ConvTrunk(1, (32, 64))
-        model = nn.Sequential(trunk, msd.MultiSampleDropout(nn.Linear(trunk.out_features, 10), m, 0.5)).to(device)
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        return nn.Sequential(trunk, msd.MultiSampleDropout(nn.Linear(trunk.out_features, 10), m, 0.5)).to(device)
 
-        def step():
-            loss = msd.msd_loss(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return step
-
-    t = compare_times({"M=8": step_fn(8), "M=1": step_fn(1)}, repeats=repeats, warmup=3)
+    step = {m: train_step_fn(model(m), msd.msd_loss, x, y) for m in (8, 1)}
+    t = compare_times({"M=8": step[8], "M=1": step[1]}, repeats=repeats, warmup=3)
     out = [Ratio("training step, chapter model (digits, batch 64)", "M=8", "M=1", t["M=8"], t["M=1"])]
 
     # 2. batched head vs a loop over samples (forward + backward): the chapter's head size, and a larger one

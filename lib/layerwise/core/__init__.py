@@ -4,7 +4,7 @@ from layerwise.core.env import get_device, seed_everything, resolve_profile, pic
 from layerwise.core.train import History, train, evaluate, batches
 from layerwise.core.plot import plot_curves, band
 from layerwise.core.report import paper_table, ResultsTable
-from layerwise.core.timing import compare_times
+from layerwise.core.timing import compare_times, train_step_fn
 from layerwise.core.models import ConvTrunk
 
 __all__ = [
@@ -12,5 +12,5 @@ __all__ = [
     "History", "train", "evaluate", "batches",
     "plot_curves", "band",
     "paper_table", "ResultsTable",
-    "compare_times", "ConvTrunk",
+    "compare_times", "train_step_fn", "ConvTrunk",
 ]

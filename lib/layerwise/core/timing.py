@@ -40,3 +40,20 @@ def compare_times(fns: Mapping[str, Callable[[], object]], *, repeats: int = 20,
             if r >= warmup:
                 samples[name].append((time.perf_counter() - t0) / inner)
     return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def train_step_fn(model: torch.nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                  x: torch.Tensor, y: torch.Tensor, lr: float = 1e-3) -> Callable[[], None]:
+    """A zero-argument function doing one full SGD training step (forward, loss, backward,
+    update) of ``model`` on the fixed batch ``(x, y)``: the unit to time with :func:`compare_times`."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    model.train()
+
+    def step() -> None:
+        loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
