@@ -1,16 +1,16 @@
 """Shared machinery for every chapter: environment, training, plots, tables, timing."""
 
-from layerwise.core.env import get_device, seed_everything, resolve_profile, pick, setup
+from layerwise.core.env import get_device, seed_everything, resolve_profile, pick, setup, progress_bar
 from layerwise.core.train import History, train, evaluate, batches
-from layerwise.core.plot import plot_curves, band
+from layerwise.core.plot import plot_curves, band, image_grid
 from layerwise.core.report import paper_table, ResultsTable
 from layerwise.core.timing import compare_times, train_step_fn
 from layerwise.core.models import ConvTrunk
 
 __all__ = [
-    "get_device", "seed_everything", "resolve_profile", "pick", "setup",
+    "get_device", "seed_everything", "resolve_profile", "pick", "setup", "progress_bar",
     "History", "train", "evaluate", "batches",
-    "plot_curves", "band",
+    "plot_curves", "band", "image_grid",
     "paper_table", "ResultsTable",
     "compare_times", "train_step_fn", "ConvTrunk",
 ]

@@ -79,3 +79,18 @@ def setup(profile: str = "auto", seed: int = 0, device: str | None = None) -> di
     print(f"layerwise: profile={info['profile']} device={info['device']} seed={seed} "
           f"torch={torch.__version__} threads={threads}")
     return info
+
+
+def progress_enabled(progress: bool | None = None) -> bool:
+    """Progress bars are on unless ``progress=False`` or ``LAYERWISE_PROGRESS=0`` (book builds)."""
+    if progress is None:
+        return os.environ.get("LAYERWISE_PROGRESS", "1") != "0"
+    return bool(progress)
+
+
+def progress_bar(iterable=None, *, desc: str = "", total: int | None = None, enabled: bool | None = None):
+    """A ``tqdm.auto`` bar over ``iterable`` that respects :func:`progress_enabled`."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, disable=not progress_enabled(enabled), leave=False,
+                mininterval=0.5)

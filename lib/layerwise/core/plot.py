@@ -1,10 +1,17 @@
-"""Plotting helpers: curves over several seeds drawn as a mean line with a band."""
+"""Plotting helpers: curves over several seeds drawn as a mean line with a band; image grids.
+
+:func:`image_grid` draws RGBA images over :func:`layerwise.data.layers.checkerboard`. That
+import happens inside the function, so ``layerwise.core`` does not import ``layerwise.data``
+when it loads (and the data package stays free to use ``core`` without an import cycle).
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import numpy as np
+import torch
 
 
 def band(runs: np.ndarray | Sequence[Sequence[float]], smooth: int = 1
@@ -55,4 +62,80 @@ def plot_curves(curves: Mapping[str, np.ndarray], *, ax=None, x: np.ndarray | No
         ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(frameon=False)
+    return ax
+
+
+def _as_images(images) -> torch.Tensor:
+    """``images`` (a tensor ``(N, C, H, W)`` or ``(C, H, W)``, or a list of ``(C, H, W)``) as a
+    float tensor ``(N, C, H, W)`` on the CPU, C in {1, 3, 4}."""
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError("images is empty")
+        items = [torch.as_tensor(x).detach().cpu().float() for x in images]
+        for i, x in enumerate(items):
+            if x.ndim != 3 or x.shape[0] not in (1, 3, 4):
+                raise ValueError(f"images[{i}] must have shape (C, H, W) with C in 1, 3, 4, got {tuple(x.shape)}")
+        if len({x.shape[1:] for x in items}) > 1:
+            raise ValueError(f"images must all have the same (H, W), got {sorted({tuple(x.shape[1:]) for x in items})}")
+        c = max(x.shape[0] for x in items)
+        items = [x if x.shape[0] == c else _channels(x, c) for x in items]
+        return torch.stack(items)
+    x = torch.as_tensor(images).detach().cpu().float()
+    if x.ndim == 3:
+        x = x.unsqueeze(0)
+    if x.ndim != 4 or x.shape[1] not in (1, 3, 4) or x.shape[0] == 0:
+        raise ValueError(f"images must have shape (N, C, H, W) with C in 1, 3, 4 and N > 0, got {tuple(x.shape)}")
+    return x
+
+
+def _channels(x, c: int):
+    """``x: (C0, H, W)`` with 1 or 3 channels widened to ``c`` channels (grey to RGB, opaque alpha)."""
+    rgb = x.expand(3, *x.shape[1:]) if x.shape[0] == 1 else x[:3]
+    return rgb if c == 3 else torch.cat([rgb, torch.ones_like(x[:1])])
+
+
+def image_grid(images, *, nrow: int = 8, titles: Sequence[str] | None = None, ax=None, checker: bool = True):
+    """Draw a batch of images as one grid, ``nrow`` images per row; returns the matplotlib axes.
+
+    images: ``(N, C, H, W)`` (or a list of ``(C, H, W)``), C = 3 (RGB), 4 (straight-alpha RGBA)
+    or 1 (grey). Values are clipped to [0, 1]. RGBA images are drawn over a checkerboard so
+    that transparency shows (over white with ``checker=False``). Nearest-neighbour pixels, no
+    ticks; ``titles`` (one per image) go above the images.
+    """
+    import matplotlib.pyplot as plt
+    from layerwise.data.layers import checkerboard
+
+    x = _as_images(images).clamp(0.0, 1.0)
+    n, c, h, w = x.shape
+    if isinstance(nrow, bool) or not isinstance(nrow, int) or nrow < 1:
+        raise ValueError(f"nrow must be a positive int, got {nrow!r}")
+    if titles is not None:
+        titles = [str(t) for t in titles]
+        if len(titles) != n:
+            raise ValueError(f"titles must have one entry per image ({n}), got {len(titles)}")
+    if c == 1:
+        x = x.expand(n, 3, h, w)
+    elif c == 4:
+        under = checkerboard((h, w), square=max(1, min(h, w) // 8)) if checker else torch.ones(3, h, w)
+        a = x[:, 3:4]
+        x = x[:, :3] * a + under * (1 - a)
+    cols, rows = min(nrow, n), math.ceil(n / min(nrow, n))
+    pad = max(1, min(h, w) // 16)
+    top = max(pad, math.ceil(0.25 * h)) if titles else pad
+    grid = torch.ones(3, rows * (h + top) + pad, cols * (w + pad) + pad)
+    for i in range(n):
+        y0, x0 = (i // cols) * (h + top) + top, (i % cols) * (w + pad) + pad
+        grid[:, y0:y0 + h, x0:x0 + w] = x[i]
+    if ax is None:
+        cell = min(1.3, 12.0 / cols)
+        _, ax = plt.subplots(figsize=(cols * cell, rows * cell * (h + top) / h))
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest", vmin=0.0, vmax=1.0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if titles:
+        for i, t in enumerate(titles):
+            y0, x0 = (i // cols) * (h + top) + top, (i % cols) * (w + pad) + pad
+            ax.text(x0 + w / 2 - 0.5, y0 - 0.5 - 0.1 * pad, t, ha="center", va="bottom", fontsize=8)
     return ax

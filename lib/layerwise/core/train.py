@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -10,7 +9,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from layerwise.core.env import progress_bar
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -106,8 +105,6 @@ def train(model: torch.nn.Module, train_data: tuple[torch.Tensor, torch.Tensor],
     every ``eval_every`` steps (default: once per epoch) and at the end. A progress bar is shown
     unless ``progress=False`` (default: on, except when ``LAYERWISE_PROGRESS=0``, as in book builds).
     """
-    if progress is None:
-        progress = os.environ.get("LAYERWISE_PROGRESS", "1") != "0"
     X, y = train_data
     _check_xy("train_data", X, y)
     if not isinstance(epochs, int) or epochs < 1:
@@ -120,7 +117,7 @@ def train(model: torch.nn.Module, train_data: tuple[torch.Tensor, torch.Tensor],
         raise ValueError(f"eval_every must be >= 1, got {eval_every}")
     hist = History()
     total = epochs * steps_per_epoch
-    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, mininterval=0.5)
+    bar = progress_bar(total=total, desc=desc, enabled=progress)
     start = time.perf_counter()
     model.train()
     step = 0
