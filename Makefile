@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 PROFILE ?= auto
 
-.PHONY: all install book test exercises bench clean
+.PHONY: all install book test exercises zoo bench clean
 
 all: test
 
@@ -37,6 +37,10 @@ test: $(STAMP)
 ## make exercises: regenerate exercises/ (student release) from solutions/.
 exercises: $(STAMP)
 	$(BIN)/python -m layerwise.course release
+
+## make zoo: retrain every zoo model from scratch (seeded) and rewrite lib/layerwise/zoo/manifest.json.
+zoo: $(STAMP)
+	LAYERWISE_PROGRESS=0 $(BIN)/python -m layerwise.zoo train --all
 
 bench: $(STAMP)
 	$(BIN)/python -m layerwise.bench
