@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -42,17 +42,21 @@ def compare_times(fns: Mapping[str, Callable[[], object]], *, repeats: int = 20,
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def train_step_fn(model: torch.nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                  x: torch.Tensor, y: torch.Tensor, lr: float = 1e-3) -> Callable[[], None]:
+def train_step_fn(model: torch.nn.Module, loss_fn: Callable[[torch.Tensor, Any], torch.Tensor],
+                  x: torch.Tensor, y: torch.Tensor, lr: float = 1e-3,
+                  augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, Any]] | None = None
+                  ) -> Callable[[], None]:
     """A zero-argument function doing one full SGD training step (forward, loss, backward,
-    update) of ``model`` on the fixed batch ``(x, y)``: the unit to time with :func:`compare_times`."""
+    update) of ``model`` on the fixed batch ``(x, y)``: the unit to time with :func:`compare_times`.
+    ``augment(x, y) -> (x, target)``, when given, runs inside the step (as in ``core.train``)."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     model.train()
 
     def step() -> None:
-        loss = loss_fn(model(x), y)
+        xb, target = augment(x, y) if augment is not None else (x, y)
+        loss = loss_fn(model(xb), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -97,13 +97,18 @@ def train(model: torch.nn.Module, train_data: tuple[torch.Tensor, torch.Tensor],
           loss_fn: LossFn, optimizer: torch.optim.Optimizer, *, epochs: int,
           batch_size: int = 64, eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
           eval_every: int | None = None, generator: torch.Generator | None = None,
-          progress: bool | None = None, desc: str = "train") -> History:
+          progress: bool | None = None, desc: str = "train",
+          augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, Any]] | None = None) -> History:
     """Train ``model`` for ``epochs`` passes over ``train_data`` and return its :class:`History`.
 
     ``loss_fn(model(x), y)`` gives the training loss (so a model may return several outputs per
     example, as multi-sample dropout does). Evaluation uses ``model.eval()`` and cross-entropy,
     every ``eval_every`` steps (default: once per epoch) and at the end. A progress bar is shown
     unless ``progress=False`` (default: on, except when ``LAYERWISE_PROGRESS=0``, as in book builds).
+
+    ``augment(x, y) -> (x, target)`` (optional) transforms each training batch, e.g. the mixing
+    augmentations of :mod:`layerwise.core.augment`; the loss is then ``loss_fn(model(x), target)``
+    and the recorded training accuracy is against the batch's original labels.
     """
     X, y = train_data
     _check_xy("train_data", X, y)
@@ -123,8 +128,11 @@ def train(model: torch.nn.Module, train_data: tuple[torch.Tensor, torch.Tensor],
     step = 0
     for _ in range(epochs):
         for xb, yb in batches(X, y, batch_size, generator=generator):
+            target = yb
+            if augment is not None:
+                xb, target = augment(xb, yb)
             out = model(xb)
-            loss = loss_fn(out, yb)
+            loss = loss_fn(out, target)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)
