@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     p_train.add_argument("names", nargs="*")
     p_train.add_argument("--all", action="store_true")
     p_train.add_argument("--device", default=None)
+    p_train.add_argument("--steps", type=int, default=None,
+                         help="smoke run: train every model only this many steps (not the zoo's weights)")
     sub.add_parser("check")
     args = parser.parse_args(argv)
     if args.cmd == "list":
@@ -51,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("give model names or --all")
         total = time.perf_counter()
         for name in _order(names):
-            _, entry = train(name, device=args.device, out=WEIGHTS / f"{name}.safetensors", write_manifest=True)
+            _, entry = train(name, steps=args.steps, device=args.device, out=WEIGHTS / f"{name}.safetensors",
+                             write_manifest=True)
             print(f"{name}: {entry['metric']['name']} = {entry['metric']['value']:.4g} "
                   f"after {entry['steps']} steps, {entry['wall_time_s']} s, {entry['bytes'] / 1e6:.2f} MB", flush=True)
         print(f"zoo: {len(names)} model(s) in {time.perf_counter() - total:.0f} s "
