@@ -8,6 +8,8 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 PROFILE ?= auto
+# pytest workers for `make test` (tests are grouped so costly fixtures stay on one worker).
+TEST_WORKERS ?= 2
 
 .PHONY: all install book test exercises zoo bench clean
 
@@ -32,7 +34,7 @@ book: $(STAMP)
 
 ## make test: library tests, chapters in the fast profile, nbgrader round trips, book build.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 ## make exercises: regenerate exercises/ (student release) from solutions/.
 exercises: $(STAMP)
