@@ -5,12 +5,12 @@ from layerwise.core.train import History, train, evaluate, batches
 from layerwise.core.plot import plot_curves, band, image_grid
 from layerwise.core.report import paper_table, ResultsTable
 from layerwise.core.timing import compare_times, train_step_fn
-from layerwise.core.models import ConvTrunk
+from layerwise.core.models import ConvTrunk, BasicBlock, SmallResNet
 
 __all__ = [
     "get_device", "seed_everything", "resolve_profile", "pick", "setup", "progress_bar",
     "History", "train", "evaluate", "batches",
     "plot_curves", "band", "image_grid",
     "paper_table", "ResultsTable",
-    "compare_times", "train_step_fn", "ConvTrunk",
+    "compare_times", "train_step_fn", "ConvTrunk", "BasicBlock", "SmallResNet",
 ]
