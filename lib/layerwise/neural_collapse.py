@@ -264,3 +264,26 @@ def collect_features(model: nn.Module, X: torch.Tensor, module: nn.Module | None
         handle.remove()
         model.train(was_training)
     return torch.cat(seen), torch.cat(outs)
+
+
+def weight_decay_groups(model: nn.Module, feature_decay: float, classifier_decay: float,
+                        classifier: nn.Module | None = None) -> list[dict]:
+    """Optimizer parameter groups with separate weight decay for the features and the classifier.
+
+    ``classifier`` (default :func:`last_linear`) gets ``classifier_decay`` (the UFM's lam_W);
+    every other parameter of ``model`` (the backbone that makes the features, the UFM's lam_H
+    stand-in) gets ``feature_decay``. Pass the result to any ``torch.optim`` optimizer.
+    """
+    for name, value in (("feature_decay", feature_decay), ("classifier_decay", classifier_decay)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    classifier = last_linear(model) if classifier is None else classifier
+    if not any(m is classifier for m in model.modules()):
+        raise ValueError("classifier must be a submodule of model")
+    head = {id(p) for p in classifier.parameters()}
+    features = [p for p in model.parameters() if id(p) not in head]
+    return [{"params": features, "weight_decay": float(feature_decay)},
+            {"params": list(classifier.parameters()), "weight_decay": float(classifier_decay)}]
+
+
+__all__ += ["weight_decay_groups"]
