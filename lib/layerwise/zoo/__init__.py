@@ -15,3 +15,4 @@ from layerwise.zoo import recipes as _recipes  # noqa: F401  (registers the shar
 __all__ = ["Recipe", "REGISTRY", "register", "build", "load", "train", "check", "verify", "manifest",
            "sha256", "MANIFEST", "WEIGHTS"]
 from layerwise.zoo import layer_diffusion_recipes as _ld  # noqa: E402,F401  (chapter 11's models)
+from layerwise.zoo import devil_recipes as _devil  # noqa: E402,F401  (chapter 10's models)
