@@ -1,37 +1,53 @@
 """Every chapter in book/ executes in the fast profile, and the whole book builds with -W.
 
 Chapters are discovered from book/ (see layerwise.course), so a new chapter needs nothing here.
+Under pytest-xdist the chapters run on both workers into one shared staging folder (a file
+lock per chapter makes each run exactly once); the book build waits for, or runs, any chapter
+not executed yet and builds from that folder.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+from filelock import FileLock
 
 from layerwise.course import chapters, execute_chapter, stage_book
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = chapters(ROOT)
-_executed: dict[Path, tuple[Path, float]] = {}
+CELL_TIMEOUT = 300   # seconds per cell: a fast-profile cell takes well under a minute; a hung kernel fails here
 
 
 @pytest.fixture(scope="session")
 def staged(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("book") / "src"
-    stage_book(ROOT, out)
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base   # the run's folder under xdist
+    out = shared / "book" / "src"
+    (shared / "book").mkdir(parents=True, exist_ok=True)
+    with FileLock(str(shared / "book" / "stage.lock")):
+        if not (shared / "book" / "staged").exists():
+            stage_book(ROOT, out)
+            (shared / "book" / "staged").touch()
     return out
 
 
 def _execute(chapter: Path, staged: Path) -> tuple[Path, float]:
-    if chapter not in _executed:
-        dest = staged / chapter.relative_to(ROOT)
-        _executed[chapter] = (dest, execute_chapter(chapter, dest, profile="fast"))
-    return _executed[chapter]
+    """Execute ``chapter`` into the staged book once per test run; returns (executed copy, seconds)."""
+    dest = staged / chapter.relative_to(ROOT)
+    marks = staged.parent / "marks"
+    marks.mkdir(exist_ok=True)
+    done = marks / f"{chapter.stem}.seconds"
+    with FileLock(str(marks / f"{chapter.stem}.lock")):
+        if not done.exists():
+            done.write_text(str(execute_chapter(chapter, dest, profile="fast", timeout=CELL_TIMEOUT)))
+    return dest, float(done.read_text())
 
 
 def _outputs(nb) -> list[dict]:

@@ -205,3 +205,35 @@ def test_train_step_fn_updates_the_model():
     assert F.cross_entropy(model(x), y).item() < before
     with pytest.raises(TypeError, match="model"):
         train_step_fn(lambda t: t, F.cross_entropy, x, y)
+
+
+def test_live_figure_renders_and_redraws_without_leaving_figures_open():
+    import ipywidgets as widgets
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from layerwise.core.plot import live_figure
+
+    calls = []
+
+    def draw(k, name):
+        calls.append((k, name))
+        fig, ax = plt.subplots(figsize=(2, 2))
+        ax.plot(range(k))
+        ax.set_title(name)
+
+    slider, box = widgets.IntSlider(value=2, min=1, max=5), widgets.Dropdown(options=["a", "b"], value="a")
+    open_before = len(plt.get_fignums())
+    panel = live_figure(draw, k=slider, name=box)
+    image = panel.children[-1]
+    first = image.value
+    assert first[:8] == b"\x89PNG\r\n\x1a\n" and calls == [(2, "a")]
+    slider.value = 4
+    box.value = "b"
+    assert calls[-1] == (4, "b") and image.value != first
+    assert slider.continuous_update is False
+    assert len(plt.get_fignums()) == open_before, "live_figure must close the figures it draws"
+    with pytest.raises(ValueError, match="controls"):
+        live_figure(draw)
+    with pytest.raises(TypeError, match="draw"):
+        live_figure("not a function", k=slider)

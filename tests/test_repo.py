@@ -53,6 +53,11 @@ def test_chapter_conventions(chapter: Path):
         assert f"{{{key}," in bib, f"{chapter.name} cites {key!r}, which references.bib lacks"
     assert "paper_table(" in text, f"{chapter.name} has no paper-vs-ours table"
     assert "ipywidgets" in text, f"{chapter.name} has no widget"
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    hanging = re.findall(r"\b(?:interact|interactive|interact_manual|interactive_output|Output)\(", code)
+    assert not hanging, (
+        f"{chapter.name} uses {sorted(set(hanging))}: output widgets can leave papermill waiting for ever on an "
+        "idle kernel; use layerwise.core.plot.live_figure (or an ipywidgets.Image redrawn on change) instead")
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.stem for c in CHAPTERS])

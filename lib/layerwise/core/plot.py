@@ -139,3 +139,42 @@ def image_grid(images, *, nrow: int = 8, titles: Sequence[str] | None = None, ax
             y0, x0 = (i // cols) * (h + top) + top, (i % cols) * (w + pad) + pad
             ax.text(x0 + w / 2 - 0.5, y0 - 0.5 - 0.1 * pad, t, ha="center", va="bottom", fontsize=8)
     return ax
+
+
+def live_figure(draw, **controls):
+    """An interactive figure that survives unattended execution: ``controls`` above an image.
+
+    ``draw(**values)`` makes a matplotlib figure (``plt.subplots`` inside it is fine) from the
+    controls' current values; the figure is rendered to PNG into an ``ipywidgets.Image`` and
+    closed, and redrawn whenever a control changes (sliders on release). Chapters use this rather
+    than ``ipywidgets.interact``, whose output widget can leave papermill waiting for ever on an
+    idle kernel (seen with nbclient on loaded machines). Returns the ``VBox`` to display.
+    """
+    import io
+
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    if not callable(draw):
+        raise TypeError(f"draw must be callable, got {type(draw).__name__}")
+    if not controls or not all(isinstance(w, widgets.ValueWidget) for w in controls.values()):
+        raise ValueError("controls must be one or more ipywidgets value widgets, passed by the name draw() takes")
+
+    def render() -> bytes:
+        with plt.ioff():
+            before = set(plt.get_fignums())
+            draw(**{name: w.value for name, w in controls.items()})
+            new = [n for n in plt.get_fignums() if n not in before] or plt.get_fignums()[-1:]
+            fig = plt.figure(new[-1])
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+            for n in new:
+                plt.close(n)
+        return buf.getvalue()
+
+    image = widgets.Image(value=render(), format="png")
+    for w in controls.values():
+        if hasattr(w, "continuous_update"):
+            w.continuous_update = False
+        w.observe(lambda _change: setattr(image, "value", render()), names="value")
+    return widgets.VBox([*controls.values(), image])
