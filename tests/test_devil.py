@@ -327,3 +327,58 @@ def test_query_losses_match_phrase_losses():
     torch.testing.assert_close(q["colour"], model.phrase_losses(prompts, [f"a {c}" for c in cap.COLORS]),
                                rtol=1e-4, atol=1e-4)
     assert q["shape"].shape == (len(cap.CAPTION_SHAPES), 18) and (q["shape"] <= q["pair"].min(0).values + 1e-5).all()
+
+
+# ----------------------------------------------------------------------------- the pretrained GPT-2 path
+
+def _gpt2_like(tmp_path):
+    """The classes the full profile's ``pretrained_gpt2`` returns (GPT2TokenizerFast, GPT2LMHeadModel),
+    built offline: a byte-level BPE vocabulary with no merges and a randomly initialised 1-layer model."""
+    import json
+
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]          # GPT-2's byte-to-unicode table
+    chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(len(others))]
+    vocab = {ch: i for i, ch in enumerate(chars)}
+    vocab["<|endoftext|>"] = len(vocab)
+    special = dict(unk_token="<|endoftext|>", bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    try:                                                  # transformers 5: the vocabulary itself
+        tok = GPT2TokenizerFast(vocab=vocab, merges=[], **special)
+    except TypeError:                                     # transformers 4: files
+        (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+        (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+        tok = GPT2TokenizerFast(vocab_file=str(tmp_path / "vocab.json"),
+                                merges_file=str(tmp_path / "merges.txt"), **special)
+    assert len(tok) == 257
+    torch.manual_seed(0)
+    lm = GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_positions=256, n_embd=32, n_layer=1, n_head=2,
+                                    bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)).eval()
+    return lm, tok
+
+
+def test_the_gpt2_tokenizer_path_trains_generates_and_scores(tmp_path):
+    """GPT-2's tokenizer has no pad token and uses one id for bos and eos: the code must cope."""
+    from layerwise.zoo.devil_recipes import CaptionCNN
+
+    lm, tok = _gpt2_like(tmp_path)
+    assert tok.pad_token_id is None and tok.bos_token_id == tok.eos_token_id
+    ids, mask = devil.encode_captions(tok, ["a red circle", "a blue square at top"])
+    assert ids[0, 0] == tok.bos_token_id and mask.sum(1).tolist() == [len("a red circle") + 2, len("a blue square at top") + 2]
+    assert tok.decode(ids[1, 1:-1]) == "a blue square at top"
+    torch.manual_seed(0)
+    tr = devil.Translator(devil.TranslatorConfig(feature_dims=[4, 8, 8], lm_dim=32, dim=32, depth=1, heads=2,
+                                                 prefix_tokens=3))
+    model = devil.DeViL(CaptionCNN((4, 8, 8)).eval(), lm, tok, tr)
+    scenes = cap.captioned_scenes(4, seed=3)
+    ids, mask = devil.encode_captions(tok, scenes.captions)
+    loss = devil.training_loss(model, model.feature_maps(scenes.images), ids, mask, p_spatial=0.5, p_token=0.5,
+                               generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and any(p.grad is not None for p in model.translator.parameters())
+    texts = model.describe(scenes.images, max_tokens=4)
+    assert len(texts) == 4 and all(isinstance(t, str) for t in texts)
+    prompts = model.location_prompts(model.feature_maps(scenes.images)[1], 1)
+    losses = model.phrase_losses(prompts, ["red", "blue circle"])
+    assert losses.shape == (2, prompts.shape[0]) and torch.isfinite(losses).all()
