@@ -268,3 +268,64 @@ def test_mixup_network_puts_cross_class_mixes_on_the_boundary():
         cross = ~ms.same
         top2[name] = ncm.mixed_pair_top2(logits[cross], ms.y_a[cross], ms.y_b[cross]).float().mean().item()
     assert top2["mixup"] > 0.5 and top2["mixup"] > top2["erm"] + 0.1, top2
+
+
+# ----------------------------------------------------------------------------- the unconstrained features model
+
+def _etf(C=5, d=7, seed=0):
+    return simplex_etf(C, d, generator=torch.Generator().manual_seed(seed))
+
+
+def test_ufm_optimum_has_zero_gradient_and_batches():
+    W = _etf()
+    lams = torch.tensor([0.0, 0.2, 0.5, 0.9, 1.0], dtype=torch.float64)
+    H = ncm.ufm_mixup_features(W, lams, 1, 3, 0.05)
+    assert H.shape == (5, 7) and H.dtype == torch.float64
+    for lam, h in zip(lams.tolist(), H):
+        h = h.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(ncm.ufm_mixup_loss(h, W, lam, 1, 3, 0.05), h)
+        assert grad.norm() < 1e-9
+        one = ncm.ufm_mixup_features(W, lam, 1, 3, 0.05)
+        assert one.shape == (7,) and torch.allclose(one, h.detach(), atol=1e-12)
+    # a float32 classifier and a non-ETF one work too (the optimum is defined for any W)
+    Wr = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+    h = ncm.ufm_mixup_features(Wr, 0.3, 0, 2, 0.1).requires_grad_(True)
+    (grad,) = torch.autograd.grad(ncm.ufm_mixup_loss(h, Wr, 0.3, 0, 2, 0.1), h)
+    assert grad.norm() < 1e-9
+
+
+def test_ufm_same_class_optimum_is_parallel_to_its_row_for_any_lambda():
+    W = _etf()
+    for c in range(5):
+        H = ncm.ufm_mixup_features(W, torch.tensor([0.1, 0.7], dtype=torch.float64), c, c, 0.01)
+        cos = (H @ W[c]) / (H.norm(dim=1) * W[c].norm())
+        assert (cos > 1 - 1e-12).all() and torch.allclose(H[0], H[1], atol=1e-12)
+
+
+def test_ufm_cross_class_optimum_in_span_symmetric_and_on_the_boundary_at_half():
+    W = _etf()
+    lams = torch.linspace(0, 1, 11, dtype=torch.float64)
+    for a, b in [(0, 1), (2, 4)]:
+        H = ncm.ufm_mixup_features(W, lams, a, b, 0.01)
+        basis = torch.linalg.qr(W[[a, b]].T)[0]                   # (d, 2) orthonormal basis of span(w_a, w_b)
+        residual = H - (H @ basis) @ basis.T
+        assert residual.norm(dim=1).max() < 1e-10 * H.norm(dim=1).max()
+        H_swapped = ncm.ufm_mixup_features(W, 1 - lams, b, a, 0.01)
+        assert torch.allclose(H, H_swapped, atol=1e-10)
+        z = ncm.ufm_mixup_features(W, 0.5, a, b, 0.01) @ W.T
+        assert abs(float(z[a] - z[b])) < 1e-9
+        assert ncm.mixed_pair_top2(z.view(1, -1), torch.tensor([a]), torch.tensor([b])).item()
+
+
+def test_ufm_rejects_bad_input():
+    W = _etf()
+    with pytest.raises(ValueError, match="lam"):
+        ncm.ufm_mixup_features(W, 1.5, 0, 1, 0.1)
+    with pytest.raises(ValueError, match="lam_H"):
+        ncm.ufm_mixup_features(W, 0.5, 0, 1, 0.0)
+    with pytest.raises(ValueError, match="b must be a class index"):
+        ncm.ufm_mixup_features(W, 0.5, 0, 5, 0.1)
+    with pytest.raises(ValueError, match="h must be"):
+        ncm.ufm_mixup_loss(torch.zeros(3, dtype=torch.float64), W, 0.5, 0, 1, 0.1)
+    with pytest.raises(TypeError, match="W must be"):
+        ncm.ufm_mixup_features(W.numpy(), 0.5, 0, 1, 0.1)

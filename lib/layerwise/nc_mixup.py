@@ -12,7 +12,10 @@ and look at the last-layer features of *mixed* training inputs ``x = λ x_a + (1
   2-D span of the three centred classifier rows, rotated so that the rows land on the vertices of
   a fixed equilateral triangle (:func:`triangle_projection`);
 - §4 relates the geometry to calibration, measured by the expected calibration error
-  (:func:`expected_calibration_error`, :func:`reliability_curve`; Guo et al., 2017).
+  (:func:`expected_calibration_error`, :func:`reliability_curve`; Guo et al., 2017);
+- the paper's theory (its unconstrained features model with a fixed simplex-ETF classifier) in
+  our numerical form: :func:`ufm_mixup_loss` and its exact minimiser :func:`ufm_mixup_features`,
+  the feature a free (unconstrained) feature vector takes for one mixed target.
 
 :func:`mix_dataset` makes the mixed inputs with the shared ``core.augment.mixup`` (one ``λ`` per
 batch, as in training). Everything else is deterministic given its arguments.
@@ -27,7 +30,8 @@ import torch
 from layerwise.core.augment import mixup
 
 __all__ = ["triangle_basis", "triangle_projection", "triangle_lift", "alignment_cosines", "mixed_pair_top2",
-           "expected_calibration_error", "reliability_curve", "MixedSet", "mix_dataset"]
+           "expected_calibration_error", "reliability_curve", "MixedSet", "mix_dataset",
+           "ufm_mixup_loss", "ufm_mixup_features"]
 
 # The 2 × 3 map from the sum-zero plane of R^3 to the plane: an isometry that puts class 0 at
 # the lower right, class 1 at the lower left and class 2 at the top of the triangle.
@@ -252,3 +256,92 @@ def mix_dataset(X: torch.Tensor, y: torch.Tensor, lams: Sequence[float] | torch.
         yb.append(y_b)
         lam.append(torch.full((batch_size,), lam_used, dtype=torch.float64))
     return MixedSet(torch.cat(xs), torch.cat(ya), torch.cat(yb), torch.cat(lam))
+
+
+# ----------------------------------------------------------------------------- the unconstrained features model
+
+def _check_ufm(W, lam, a, b, lam_H) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    W = _check_matrix(W, "W", "of classifier rows (C, d)")
+    C = W.shape[0]
+    if C < 2:
+        raise ValueError(f"W needs at least two classifier rows, got shape {tuple(W.shape)}")
+    for name, c in (("a", a), ("b", b)):
+        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < C:
+            raise ValueError(f"{name} must be a class index, an int in 0..{C - 1}, got {c!r}")
+    if isinstance(lam_H, bool) or not isinstance(lam_H, (int, float)) or not lam_H > 0:
+        raise ValueError(f"lam_H must be a positive number (the feature weight decay), got {lam_H!r}")
+    scalar = not isinstance(lam, torch.Tensor) or lam.dim() == 0
+    lam_t = torch.as_tensor(lam, dtype=torch.float64).flatten().cpu()
+    if lam_t.numel() == 0 or bool(((lam_t < 0) | (lam_t > 1) | lam_t.isnan()).any()):
+        raise ValueError(f"lam must be a number or 1-D tensor of mixing weights in [0, 1], got {lam!r}")
+    y = torch.zeros(lam_t.numel(), C, dtype=torch.float64)
+    y[:, a] += lam_t
+    y[:, b] += 1 - lam_t                                     # a == b: the one-hot target of class a
+    return W.detach().double().cpu(), y, scalar
+
+
+def ufm_mixup_loss(h: torch.Tensor, W: torch.Tensor, lam, a: int, b: int, lam_H: float) -> torch.Tensor:
+    """The mixup loss of one free feature in the unconstrained features model (§3 of the paper).
+
+    ``L(h) = λ · CE(W h, a) + (1 − λ) · CE(W h, b) + (λ_H / 2) ‖h‖²`` with ``CE(z, c) =
+    logsumexp(z) − z_c``: a feature ``h: (d,)`` (or ``(L, d)``, one row per ``λ``), a fixed
+    classifier ``W: (C, d)`` without bias, the mixed target ``λ e_a + (1 − λ) e_b`` (``lam`` a number
+    or ``(L,)`` tensor in [0, 1]; ``a == b`` is a same-class mix) and the feature weight decay
+    ``λ_H > 0``. Returns a 0-dim or ``(L,)`` float64 tensor, differentiable in ``h``.
+    """
+    W64, y, scalar = _check_ufm(W, lam, a, b, lam_H)
+    if not isinstance(h, torch.Tensor) or not h.is_floating_point() or h.shape[-1] != W64.shape[1] or h.dim() > 2:
+        raise ValueError(f"h must be a float (d,) or (L, d) tensor with d = {W64.shape[1]}, got "
+                         f"{getattr(h, 'shape', type(h).__name__)}")
+    h2 = h.double().reshape(-1, W64.shape[1])
+    z = h2 @ W64.T
+    loss = torch.logsumexp(z, 1) - (y * z).sum(1) + 0.5 * lam_H * (h2 * h2).sum(1)
+    return loss[0] if h.dim() == 1 and scalar else loss
+
+
+def ufm_mixup_features(W: torch.Tensor, lam, a: int, b: int, lam_H: float, *, tol: float = 1e-12,
+                       max_iter: int = 100) -> torch.Tensor:
+    """The feature that minimises :func:`ufm_mixup_loss` for a fixed classifier ``W: (C, d)``.
+
+    The paper's theory asks where mixup puts a feature that is free to go anywhere (the
+    unconstrained features model) when the classifier is a fixed simplex ETF (e.g.
+    :func:`layerwise.neural_collapse.simplex_etf`); this computes that optimum numerically, for any
+    ``W``. The loss is strictly convex (``λ_H > 0``), so the minimiser ``h*`` is unique; it solves
+    ``Wᵀ (softmax(W h) − y) + λ_H h = 0`` with ``y = λ e_a + (1 − λ) e_b``, so it lies in the row
+    space of ``W``. Found by damped Newton steps (backtracking line search) in float64, from
+    ``h = 0``, until the gradient's norm is below ``tol``: deterministic and exact to rounding.
+
+    lam: a number (returns ``(d,)``) or an ``(L,)`` tensor of mixing weights (returns ``(L, d)``,
+    one optimum per ``λ``); ``a``, ``b``: the two classes (``a == b``: a same-class mix, whose
+    optimum does not depend on ``λ``). Returns float64.
+    """
+    W64, y, scalar = _check_ufm(W, lam, a, b, lam_H)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
+    L, d = y.shape[0], W64.shape[1]
+    eye = torch.eye(d, dtype=torch.float64)
+
+    def loss_grad(h):
+        z = h @ W64.T
+        p = z.softmax(1)
+        loss = torch.logsumexp(z, 1) - (y * z).sum(1) + 0.5 * lam_H * (h * h).sum(1)
+        return loss, (p - y) @ W64 + lam_H * h, p
+
+    h = torch.zeros(L, d, dtype=torch.float64)
+    for _ in range(max_iter):
+        loss, grad, p = loss_grad(h)
+        if float(grad.norm(dim=1).max()) < tol:
+            break
+        curv = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)            # (L, C, C) softmax Hessian
+        hess = W64.T @ curv @ W64 + lam_H * eye                                # (L, d, d), positive definite
+        step = torch.linalg.solve(hess, grad.unsqueeze(2)).squeeze(2)
+        decrease = (grad * step).sum(1)                                        # > 0: a descent direction
+        t = torch.ones(L, dtype=torch.float64)
+        for _ in range(60):                                                    # Armijo backtracking per row
+            trial = loss_grad(h - t.unsqueeze(1) * step)[0]
+            bad = trial > loss - 0.25 * t * decrease
+            if not bool(bad.any()):
+                break
+            t = torch.where(bad, t / 2, t)
+        h = h - t.unsqueeze(1) * step
+    return h[0] if scalar else h
