@@ -237,3 +237,8 @@ def test_live_figure_renders_and_redraws_without_leaving_figures_open():
         live_figure(draw)
     with pytest.raises(TypeError, match="draw"):
         live_figure("not a function", k=slider)
+    kept = plt.figure()
+    with pytest.raises(ValueError, match="new matplotlib figure"):
+        live_figure(lambda k: kept.gca().plot(range(k)), k=slider)     # draws on an existing figure
+    assert plt.fignum_exists(kept.number), "a figure live_figure did not make must stay open"
+    plt.close(kept)

@@ -164,10 +164,11 @@ def live_figure(draw, **controls):
         with plt.ioff():
             before = set(plt.get_fignums())
             draw(**{name: w.value for name, w in controls.items()})
-            new = [n for n in plt.get_fignums() if n not in before] or plt.get_fignums()[-1:]
-            fig = plt.figure(new[-1])
+            new = [n for n in plt.get_fignums() if n not in before]
+            if not new:
+                raise ValueError("draw must make a new matplotlib figure (e.g. with plt.subplots) each call")
             buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+            plt.figure(new[-1]).savefig(buf, format="png", dpi=90, bbox_inches="tight")
             for n in new:
                 plt.close(n)
         return buf.getvalue()
