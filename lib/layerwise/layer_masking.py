@@ -32,6 +32,9 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from layerwise.core.checks import float_tensor
+
+
 __all__ = [
     "neighbor_pad", "propagate_mask", "masked_global_pool", "Masked", "LayerMasked",
     "patch_segments", "random_removal", "keep_from_segments", "fill_removed", "missingness_metrics",
@@ -44,13 +47,7 @@ IntPair = int | tuple[int, int]
 # --------------------------------------------------------------------------------------- checks
 
 def _check_x(x: Any, name: str = "x") -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"{name} must be a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    return x
+    return float_tensor(x, name, 4, "(B, C, H, W)")
 
 
 def _check_keep(keep: Any, like: torch.Tensor | None = None, name: str = "keep") -> torch.Tensor:

@@ -37,6 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from layerwise.core.checks import float_tensor
+
 __all__ = [
     "ordered_dropout_linear", "hierarchical_group_lasso", "component_importance", "tail_importance",
     "svd_factors", "sample_layer_and_rank", "self_distillation_loss",
@@ -49,13 +51,7 @@ __all__ = [
 # ----------------------------------------------------------------------------- checks
 
 def _matrix(name: str, a: object) -> torch.Tensor:
-    if not isinstance(a, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(a).__name__}")
-    if a.dim() != 2:
-        raise ValueError(f"{name} must be a 2-D matrix (rows, r components as columns), got shape {tuple(a.shape)}")
-    if not a.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {a.dtype}")
-    return a
+    return float_tensor(a, name, 2, "(rows, r components as columns)")
 
 
 def _factors(U: object, V: object) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,6 +28,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from layerwise.core.augment import mixup
+from layerwise.core.checks import float_tensor
 
 __all__ = ["triangle_basis", "triangle_projection", "triangle_lift", "alignment_cosines", "mixed_pair_top2",
            "expected_calibration_error", "reliability_curve", "MixedSet", "mix_dataset",
@@ -40,13 +41,7 @@ _TRIANGLE = torch.tensor([[0.5, -0.5, 0.0], [0.0, 0.0, 0.75 ** 0.5]], dtype=torc
 
 
 def _check_matrix(x, name: str, what: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor {what}, got {type(x).__name__}")
-    if x.dim() != 2:
-        raise ValueError(f"{name} must be a 2-D tensor {what}, got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be floating point, got dtype {x.dtype}")
-    return x
+    return float_tensor(x, name, 2, what)
 
 
 def _check_labels(y, n: int, name: str = "y") -> torch.Tensor:

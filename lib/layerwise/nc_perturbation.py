@@ -32,6 +32,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from layerwise.core.checks import float_tensor
+
 __all__ = ["class_targets", "ufm_features", "perturbed_ufm_loss", "optimal_W", "central_path_grad",
            "central_path_step", "central_path", "perturbed_minimizer", "nc1_quotient", "within_class_part"]
 
@@ -39,13 +41,7 @@ __all__ = ["class_targets", "ufm_features", "perturbed_ufm_loss", "optimal_W", "
 # --------------------------------------------------------------------------- inputs
 
 def _check_H(H: torch.Tensor, name: str = "H") -> torch.Tensor:
-    if not isinstance(H, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of features (d, N), got {type(H).__name__}")
-    if H.dim() != 2:
-        raise ValueError(f"{name} must be a (d, N) matrix with one column per sample, got shape {tuple(H.shape)}")
-    if not H.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {H.dtype}")
-    return H
+    return float_tensor(H, name, 2, "of features (d, N), one column per sample")
 
 
 def _check_Y(Y: torch.Tensor, N: int) -> torch.Tensor:

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from layerwise.core.checks import float_tensor
+
 __all__ = ["MixedTarget", "mixed_cross_entropy", "mixup", "box_mask", "square_boxes", "cutout", "occlude",
            "occlusion_sensitivity", "BatchAugment", "Mixup", "Cutout"]
 
@@ -40,12 +42,7 @@ class MixedTarget(NamedTuple):
 
 
 def check_images(x: torch.Tensor, name: str = "x") -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of images (B, C, H, W), got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"{name} must have shape (B, C, H, W), got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    float_tensor(x, name, 4, "of images (B, C, H, W)")
 
 
 def _check_lam(lam: float) -> float:
