@@ -165,7 +165,7 @@ def test_location_scores_rejects_bad_input():
 # ----------------------------------------------------------------------------- translator and model
 
 def _tiny_devil(seed: int = 0):
-    from layerwise.zoo.devil_recipes import CaptionCNN, tiny_lm, word_tokenizer
+    from layerwise.devil import CaptionCNN, tiny_lm, word_tokenizer
 
     torch.manual_seed(seed)
     cnn = CaptionCNN((4, 8, 8))
@@ -191,7 +191,7 @@ def test_translator_shapes_and_masked_layers_are_ignored():
 
 
 def test_encode_captions_adds_bos_eos_and_pads():
-    from layerwise.zoo.devil_recipes import word_tokenizer
+    from layerwise.devil import word_tokenizer
 
     tok = word_tokenizer()
     ids, mask = devil.encode_captions(tok, ["a red circle at top", "a blue square at centre and a red circle at top"])
@@ -222,7 +222,7 @@ def test_caption_loss_matches_the_lm_own_loss():
     scenes = cap.captioned_scenes(4, seed=1)
     ids, mask = devil.encode_captions(model.tokenizer, scenes.captions)
     prompt = model.soft_prompt(model.feature_maps(scenes.images))
-    x, m = model._embed(prompt, ids, mask)
+    x, m = model.embed_prompt(prompt, ids, mask)
     p = prompt.shape[1]
     labels = torch.cat([torch.full((4, 1 + p), -100), ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)], 1)
     want = model.lm(inputs_embeds=x, attention_mask=m, labels=labels).loss
@@ -299,7 +299,7 @@ def test_pointing_game():
 
 
 def test_keyword_prompts_hold_only_the_caption_content_words():
-    from layerwise.zoo.devil_recipes import keyword_prompts, word_tokenizer
+    from layerwise.devil import keyword_prompts, word_tokenizer
 
     tok = word_tokenizer()
     texts = cap.random_captions(50, seed=3)
@@ -316,7 +316,7 @@ def test_keyword_prompts_hold_only_the_caption_content_words():
 
 
 def test_query_losses_match_phrase_losses():
-    from layerwise.zoo.devil_recipes import query_losses
+    from layerwise.devil import query_losses
 
     model = _tiny_devil(3)
     scenes = cap.captioned_scenes(2, seed=3)
@@ -360,7 +360,7 @@ def _gpt2_like(tmp_path):
 
 def test_the_gpt2_tokenizer_path_trains_generates_and_scores(tmp_path):
     """GPT-2's tokenizer has no pad token and uses one id for bos and eos: the code must cope."""
-    from layerwise.zoo.devil_recipes import CaptionCNN
+    from layerwise.devil import CaptionCNN
 
     lm, tok = _gpt2_like(tmp_path)
     assert tok.pad_token_id is None and tok.bos_token_id == tok.eos_token_id

@@ -348,7 +348,7 @@ def test_premultiplied_rgb():
 def test_alpha_is_ambiguous_in_premultiplied_colour():
     """Why the offset is needed: a half-transparent layer and an opaque darker one give the
     frozen VAE the same image."""
-    from layerwise.data.layers import sprite
+    from layerwise.data import sprite
     kw = dict(center=(16.0, 16.0), radius=10.0)
     glassy = sprite("circle", 32, color=(0.8, 0.4, 0.2), opacity=0.5, **kw)
     dark = sprite("circle", 32, color=(0.4, 0.2, 0.1), opacity=1.0, **kw)

@@ -180,7 +180,7 @@ def test_sample_trajectory_and_bad_arguments():
 def test_inversion_then_sampling_returns_the_input_with_a_trained_model():
     """The property the editing chapters rely on, with the zoo's trained sprite model."""
     from layerwise import zoo
-    from layerwise.zoo.recipes import primer_sprites
+    from layerwise.data.sprite_sets import primer_sprites
 
     model = zoo.load("sprite_dit16", train_if_missing=False)
     x, y = primer_sprites(8, seed=4242)

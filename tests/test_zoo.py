@@ -66,6 +66,34 @@ def test_unknown_and_missing_models(monkeypatch, tmp_path):
         zoo.load(NAMES[0], train_if_missing=False)
 
 
+def test_manifest_names_the_code_that_made_each_model():
+    for name, entry in MANIFEST.items():
+        recipe = zoo.REGISTRY[name]
+        assert entry["recipe"] == f"{recipe.fit.__module__}.{recipe.fit.__qualname__}", (
+            f"{name}: the manifest's recipe {entry['recipe']!r} is not where the recipe's fit function lives")
+        model = zoo.build(name)
+        assert entry["class"] == f"{type(model).__module__}.{type(model).__qualname__}", name
+
+
+def test_recipe_modules_are_discovered_and_hold_recipes_only():
+    """Every module in zoo/recipes/ is imported by the zoo and registers its models there; recipe
+    modules export configs and zoo helpers, not the method (that lives in the paper module)."""
+    import importlib
+    import inspect
+
+    modules = zoo.recipe_modules()
+    files = sorted(p.stem for p in (zoo.registry.HERE / "recipes").glob("*.py") if not p.stem.startswith("_"))
+    assert modules == files
+    by_module = {m: [n for n, r in zoo.REGISTRY.items() if r.fit.__module__ == f"layerwise.zoo.recipes.{m}"]
+                 for m in modules}
+    assert all(by_module.values()), f"a recipe module registers no model: {by_module}"
+    assert sorted(n for names in by_module.values() for n in names) == NAMES, "a recipe lives outside zoo/recipes/"
+    for m in modules:
+        mod = importlib.import_module(f"layerwise.zoo.recipes.{m}")
+        classes = [n for n, v in vars(mod).items() if inspect.isclass(v) and v.__module__ == mod.__name__]
+        assert not classes, f"zoo/recipes/{m}.py defines classes {classes}: models belong in the paper's module"
+
+
 def test_register_rejects_duplicates():
     with pytest.raises(ValueError, match="already registered"):
         zoo.register(zoo.REGISTRY[NAMES[0]])

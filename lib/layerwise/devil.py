@@ -21,8 +21,10 @@ feature of one layer and reading the LM's loss of a query phrase gives an open-v
 attribution map (:func:`location_scores`, §3.4).
 
 Everything here works with any backbone exposing ``feature_maps(images) -> list of maps`` and any
-``transformers`` causal LM (the course's tiny GPT-2 of :mod:`layerwise.zoo.devil_recipes`, or the
-pretrained ``gpt2`` on Colab).
+``transformers`` causal LM (the course's tiny GPT-2, :func:`tiny_lm`, trained on the captions in the
+zoo, or the pretrained ``gpt2`` on Colab, :func:`pretrained_gpt2`). The chapter's pieces are here too:
+the backbone :class:`CaptionCNN`, the word tokenizer, the LM's keyword prompts, the translator's
+training loop :func:`fit_translator` and the attribution queries :func:`query_losses`.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["spatial_dropout_pool", "sample_spatial_keep", "layer_token_mask", "layer_token_masks",
-           "location_scores", "TranslatorConfig", "Translator", "DeViL", "encode_captions", "training_loss", "pointing_game"]
+           "location_scores", "TranslatorConfig", "Translator", "DeViL", "encode_captions", "training_loss", "pointing_game",
+           "CaptionCNN", "cnn_targets", "word_tokenizer", "tiny_lm", "pretrained_gpt2", "keyword_prompts",
+           "all_feature_maps", "fit_translator", "query_losses"]
 
 
 def _check_prob(p: float, name: str) -> float:
@@ -263,7 +267,7 @@ class DeViL(nn.Module):
             pooled.append(f.mean(dim=(2, 3)) if k is None else spatial_dropout_pool(f, k))
         return self.translator(pooled, keep_layers)
 
-    def _embed(self, prompt: Tensor, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    def embed_prompt(self, prompt: Tensor, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """``inputs_embeds`` = [emb(<bos>), soft prompt, emb(rest)] and its attention mask."""
         emb = self.lm.get_input_embeddings()(ids)
         p = prompt.shape[1]
@@ -274,7 +278,7 @@ class DeViL(nn.Module):
     def token_nll(self, prompt: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
         """``(B, T-1)`` negative log-likelihood of every token after ``<bos>`` given the soft
         prompt (0 at padding)."""
-        x, m = self._embed(prompt, ids, mask)
+        x, m = self.embed_prompt(prompt, ids, mask)
         logits = self.lm(inputs_embeds=x, attention_mask=m).logits
         p = prompt.shape[1]
         pred = logits[:, p:-1]                         # positions that predict ids[:, 1:]
@@ -293,7 +297,7 @@ class DeViL(nn.Module):
         ids = torch.full((b, 1), tok.bos_token_id, dtype=torch.long, device=prompt.device)
         done = torch.zeros(b, dtype=torch.bool, device=prompt.device)
         for _ in range(max_tokens):
-            x, m = self._embed(prompt, ids, torch.ones_like(ids))
+            x, m = self.embed_prompt(prompt, ids, torch.ones_like(ids))
             nxt = self.lm(inputs_embeds=x, attention_mask=m).logits[:, -1].argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, tok.eos_token_id), nxt)
             ids = torch.cat([ids, nxt[:, None]], 1)
@@ -389,3 +393,178 @@ def pointing_game(scores: Tensor, masks: Tensor, threshold: float = 0.5) -> Tens
     block = F.adaptive_max_pool2d(masks.unsqueeze(1).float(), (h, w)).view(n, h * w)
     best = scores.reshape(n, h * w).argmax(1)
     return block[torch.arange(n), best] > threshold
+
+
+# ----------------------------------------------------------------------------- the chapter's backbone and LM
+
+class CaptionCNN(nn.Module):
+    """Three conv–BN–ReLU–maxpool blocks (24 → 12 → 6 → 3) and a linear head on the pooled last map.
+
+    ``feature_maps(x)`` returns the three blocks' outputs (what DeViL decodes); ``forward(x)``
+    returns ``(B, 9 * (colours + shapes))`` logits: is colour c / shape s in cell k?
+    """
+
+    def __init__(self, widths=(16, 32, 64), outputs: int = 63):
+        super().__init__()
+        blocks, c = [], 3
+        for w in widths:
+            blocks.append(nn.Sequential(nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+                                        nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+                                        nn.MaxPool2d(2)))
+            c = w
+        self.blocks = nn.ModuleList(blocks)
+        self.head = nn.Linear(c * 9, outputs)
+        self.widths = tuple(widths)
+
+    def feature_maps(self, x: Tensor) -> list[Tensor]:
+        out = []
+        for block in self.blocks:
+            x = block(x)
+            out.append(x)
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        last = self.feature_maps(x)[-1]
+        return self.head(F.adaptive_avg_pool2d(last, 3).flatten(1))
+
+
+def cnn_targets(attributes: Tensor) -> Tensor:
+    """``(n, 63)`` 0/1 targets from scene attributes ``(n, 2, 3)``: 36 cell×colour, then 27 cell×shape."""
+    from layerwise.data.captions import CAPTION_SHAPES, COLORS
+
+    n = attributes.shape[0]
+    nc, ns = len(COLORS), len(CAPTION_SHAPES)
+    t = torch.zeros(n, 9 * (nc + ns))
+    for k in range(attributes.shape[1]):
+        a = attributes[:, k]
+        rows = (a[:, 0] >= 0).nonzero().squeeze(1)
+        t[rows, a[rows, 2] * nc + a[rows, 0]] = 1
+        t[rows, 9 * nc + a[rows, 2] * ns + a[rows, 1]] = 1
+    return t
+
+
+def word_tokenizer():
+    """A ``transformers`` fast tokenizer over the caption vocabulary: one id per word, built here
+    (nothing downloaded). bos/eos/pad are ``<bos>``/``<eos>``/``<pad>``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from layerwise.data.captions import VOCAB
+
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCAB)}, unk_token="<pad>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+
+
+def tiny_lm(n_embd: int = 64, n_layer: int = 2, n_head: int = 4, n_positions: int = 40):
+    """An untrained tiny ``GPT2LMHeadModel`` over :func:`word_tokenizer`'s vocabulary (untied
+    output layer, no dropout); the chapter's frozen LM is this, trained on the captions (zoo
+    ``devil_lm``)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from layerwise.data.captions import VOCAB
+
+    config = GPT2Config(vocab_size=len(VOCAB), bos_token_id=VOCAB.index("<bos>"), eos_token_id=VOCAB.index("<eos>"),
+                        pad_token_id=VOCAB.index("<pad>"), resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                        tie_word_embeddings=False, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+                        n_positions=n_positions)
+    return GPT2LMHeadModel(config)
+
+
+def pretrained_gpt2(device=None):
+    """(GPT2LMHeadModel, GPT2TokenizerFast) from the hub's ``gpt2`` (needs the network: Colab's full
+    profile only). The tokenizer's pad is its eos."""
+    from transformers import GPT2LMHeadModel, GPT2TokenizerFast
+
+    tok = GPT2TokenizerFast.from_pretrained("gpt2")
+    tok.pad_token = tok.eos_token
+    return GPT2LMHeadModel.from_pretrained("gpt2").to(device or "cpu").eval(), tok
+
+
+def keyword_prompts(ids: Tensor, mask: Tensor, slots: int, keep: float,
+                    generator: torch.Generator) -> Tensor:
+    """``(B, slots)`` token ids: a random subset (each kept with probability ``keep``) of each
+    caption's content words (colours, shapes, positions), in random order, padded with ``<pad>``."""
+    from layerwise.data.captions import CAPTION_SHAPES, COLORS, POSITIONS, VOCAB
+
+    content = torch.zeros(len(VOCAB), dtype=torch.bool)
+    content[[VOCAB.index(w) for w in COLORS + CAPTION_SHAPES + POSITIONS]] = True
+    pad = VOCAB.index("<pad>")
+    chosen = content[ids] & (mask > 0) & (torch.rand(ids.shape, generator=generator) < keep)
+    order = torch.where(chosen, torch.rand(ids.shape, generator=generator), torch.full(ids.shape, 2.0)).argsort(1)
+    words = torch.where(chosen.gather(1, order), ids.gather(1, order), torch.full_like(ids, pad))
+    out = torch.full((ids.shape[0], slots), pad, dtype=torch.long)
+    width = min(slots, ids.shape[1])
+    out[:, :width] = words[:, :width]
+    return out
+
+
+# ----------------------------------------------------------------------------- training the translator
+
+@torch.no_grad()
+def all_feature_maps(model: "DeViL", images: Tensor, chunk: int = 1000) -> list[Tensor]:
+    """The frozen backbone's maps of ``images`` (computed ``chunk`` at a time), shallow to deep."""
+    parts = [model.feature_maps(images[i:i + chunk]) for i in range(0, len(images), chunk)]
+    return [torch.cat([p[l] for p in parts]) for l in range(len(parts[0]))]
+
+
+def fit_translator(model: "DeViL", data, *, steps: int, batch_size: int, lr: float, p_spatial: float,
+                   p_token: float, generator: torch.Generator, progress: bool | None = None) -> list[float]:
+    """Train ``model.translator`` on captioned scenes ``data`` (:mod:`layerwise.data.captions`)
+    with :func:`training_loss`, the backbone and LM frozen: AdamW (weight decay 0.01), 100 warm-up
+    steps and a cosine decay, gradient clipping at 1 (:func:`layerwise.core.train.fit_steps`).
+    The frozen backbone's maps and the tokenised captions are computed once. Returns the losses."""
+    from layerwise.core.train import fit_steps
+
+    fmaps = all_feature_maps(model, data.images)
+    ids, mask = encode_captions(model.tokenizer, data.captions, model.device)
+
+    def loss_fn(step: int) -> Tensor:
+        idx = torch.randint(0, len(data), (batch_size,), generator=generator).to(model.device)
+        width = int(mask[idx].sum(1).max())
+        return training_loss(model, [f[idx] for f in fmaps], ids[idx, :width], mask[idx, :width],
+                             p_spatial=p_spatial, p_token=p_token, generator=generator)
+
+    hist = fit_steps(model, loss_fn, steps, lr=lr, weight_decay=0.01, params=model.translator.parameters(),
+                     warmup=100, cosine=True, clip=1.0, progress=progress, desc="translator")
+    return hist.loss
+
+
+# ----------------------------------------------------------------------------- attribution queries
+
+@torch.no_grad()
+def query_losses(model: "DeViL", prompts: Tensor) -> dict[str, Tensor]:
+    """LM losses of the chapter's query phrases after each soft prompt ``(N, P, D)``.
+
+    ``"colour"``: ``(4, N)`` loss of "a <colour>"; ``"pair"``: ``(4, 3, N)`` of "a <colour> <shape>";
+    ``"shape"``: ``(3, N)`` of the shape with the colour word marginalised,
+    ``-log Σ_c p(a c shape)``. With a one-token-per-word tokenizer this needs one LM call per
+    colour (the next-token distributions give every shape at once); otherwise it scores each
+    phrase with :meth:`~layerwise.devil.DeViL.phrase_losses`.
+    """
+    from layerwise.data.captions import CAPTION_SHAPES, COLORS
+
+    vocab = model.lm.get_output_embeddings().weight.shape[0]
+    chunk = max(64, int(2e8 // (vocab * 8)))          # bounds the (rows, tokens, vocab) logits in memory
+    if prompts.shape[0] > chunk:
+        parts = [query_losses(model, prompts[i:i + chunk]) for i in range(0, prompts.shape[0], chunk)]
+        return {k: torch.cat([p[k] for p in parts], dim=-1) for k in parts[0]}
+    tok = model.tokenizer
+    word_ids = [tok(w, add_special_tokens=False)["input_ids"] for w in ("a", *COLORS, *CAPTION_SHAPES)]
+    n, p = prompts.shape[0], prompts.shape[1]
+    if any(len(w) != 1 for w in word_ids):              # e.g. GPT-2's BPE: score whole phrases
+        pair = model.phrase_losses(prompts, [f"a {c} {s}" for c in COLORS for s in CAPTION_SHAPES])
+        pair = pair.view(len(COLORS), len(CAPTION_SHAPES), n)
+        colour = model.phrase_losses(prompts, [f"a {c}" for c in COLORS])
+    else:
+        a, colours, shapes = word_ids[0][0], [w[0] for w in word_ids[1:1 + len(COLORS)]], [w[0] for w in word_ids[1 + len(COLORS):]]
+        colour, pair = [], []
+        for c in colours:
+            ids = torch.tensor([[tok.bos_token_id, a, c]], device=prompts.device).expand(n, -1)
+            x, m = model.embed_prompt(prompts, ids, torch.ones_like(ids))
+            logp = model.lm(inputs_embeds=x, attention_mask=m).logits.float().log_softmax(-1)
+            lp = logp[:, p, a] + logp[:, p + 1, c]
+            colour.append(-lp)
+            pair.append(-(lp.unsqueeze(0) + logp[:, p + 2, shapes].T))
+        colour, pair = torch.stack(colour), torch.stack(pair)
+    return {"colour": colour, "pair": pair, "shape": -torch.logsumexp(-pair, dim=0)}

@@ -34,10 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from layerwise.diffusion.autoencoder import _Res   # the autoencoder's residual block (GroupNorm, SiLU, conv) ×2
+from layerwise.data.rgba import premultiplied_rgb
+from layerwise.diffusion.autoencoder import ResBlock   # the autoencoder's residual block (GroupNorm, SiLU, conv) ×2
 
 __all__ = ["pad_rgb", "encoder_input", "OffsetEncoder", "TransparentDecoder", "LTConfig", "LatentTransparency",
-           "premultiplied_rgb", "adjusted_latent", "decode_rgba", "harmlessness_loss", "reconstruction_loss",
+           "premultiplied_rgb", "adjusted_latent", "HARMLESSNESS_SWEEP", "lt_zoo_name", "decode_rgba", "harmlessness_loss", "reconstruction_loss",
            "psnr", "alpha_psnr", "alpha_iou", "identity_psnr", "core_opacity", "train_latent_transparency",
            "evaluate_latent_transparency", "PAD_ITERATIONS"]
 
@@ -111,10 +112,15 @@ def encoder_input(rgba: Tensor, iterations: int = PAD_ITERATIONS) -> Tensor:
     return torch.cat([rgba[:, 3:4], pad_rgb(rgba, iterations)], dim=1)
 
 
-def premultiplied_rgb(rgba: Tensor) -> Tensor:
-    """The RGB image the frozen VAE sees: colour × alpha, i.e. the layer over black: ``(B, 3, H, W)``."""
-    _check_rgba(rgba, "rgba")
-    return rgba[:, :3] * rgba[:, 3:4]
+#: The chapter's sweep of the harmlessness weight: the zoo trains one latent-transparency pair per
+#: weight, named by :func:`lt_zoo_name`.
+HARMLESSNESS_SWEEP = (0.0, 0.1, 1.0)
+
+
+def lt_zoo_name(weight: float) -> str:
+    """The zoo name of the pair trained with harmlessness ``weight``: ``latent_transparency_h0``,
+    ``_h0.1``, ``_h1`` for 0, 0.1, 1."""
+    return f"latent_transparency_h{weight:g}"
 
 
 # ----------------------------------------------------------------------------- the two networks
@@ -169,7 +175,7 @@ class TransparentDecoder(nn.Module):
         self.down1 = nn.Sequential(nn.SiLU(), nn.Conv2d(w, 2 * w, 3, padding=1, stride=2))
         self.down2 = nn.Sequential(nn.SiLU(), nn.Conv2d(2 * w, 4 * w, 3, padding=1, stride=2))
         self.latent_in = _zero(nn.Conv2d(latent_channels, 4 * w, 1))
-        self.mid = nn.Sequential(_Res(4 * w), _Res(4 * w))
+        self.mid = nn.Sequential(ResBlock(4 * w), ResBlock(4 * w))
         self.up1 = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(4 * w, 2 * w, 3, padding=1))
         self.fuse1 = nn.Sequential(nn.SiLU(), nn.Conv2d(4 * w, 2 * w, 3, padding=1), nn.SiLU())
         self.up2 = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(2 * w, w, 3, padding=1))
@@ -229,12 +235,13 @@ class LatentTransparency(nn.Module):
         return decode_rgba(ae, latent, self.decoder)
 
 
-def adjusted_latent(ae: nn.Module, rgba: Tensor, encoder) -> Tensor:
+def adjusted_latent(ae: nn.Module, rgba: Tensor, encoder, *, parts: bool = False):
     """``x_a = E*(I) + x_ε``: the frozen encoder's latent of the premultiplied image ``I``
     plus the offset ``encoder(rgba)`` (paper §3.1).
 
     ae: the frozen autoencoder (``encode``: RGB in [0, 1] → latent); rgba: ``(B, 4, H, W)``;
     encoder: a callable ``rgba → offset`` (e.g. :meth:`LatentTransparency.offset`).
+    Returns ``x_a``, or with ``parts=True`` the triple ``(x_a, E*(I), x_ε)``.
     The paper encodes the premultiplied image (the layer over black) *(our reading; the
     official img2img code flattens the layer over grey first)*.
     """
@@ -244,7 +251,8 @@ def adjusted_latent(ae: nn.Module, rgba: Tensor, encoder) -> Tensor:
     if offset.shape != base.shape:
         raise ValueError(f"encoder must return an offset shaped like the latent {tuple(base.shape)}, "
                          f"got {tuple(offset.shape)}")
-    return base + offset
+    latent = base + offset
+    return (latent, base, offset) if parts else latent
 
 
 def decode_rgba(ae: nn.Module, latent: Tensor, decoder: nn.Module) -> Tensor:
@@ -351,12 +359,10 @@ def core_opacity(rgba: Tensor, *, quantile: float = 0.9, visible: float = 0.05) 
 
 def _batch_losses(model: LatentTransparency, ae: nn.Module, rgba: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(reconstruction, harmlessness, offset mean square) of one batch."""
-    image = premultiplied_rgb(rgba)
-    offset = model.offset(rgba)
-    latent = ae.encode(image) + offset                              # x_a = E*(I) + x_ε (adjusted_latent)
+    latent, _, offset = adjusted_latent(ae, rgba, model.offset, parts=True)   # x_a = E*(I) + x_ε
     decoded = ae.decode(latent)                                     # D*(x_a)
     pred = model.decoder(decoded, latent)                           # D(D*(x_a), x_a)
-    return reconstruction_loss(pred, rgba), harmlessness_loss(decoded, image), offset.pow(2).mean()
+    return reconstruction_loss(pred, rgba), harmlessness_loss(decoded, premultiplied_rgb(rgba)), offset.pow(2).mean()
 
 
 def train_latent_transparency(ae: nn.Module, data: Tensor, *, harmlessness_weight: float, steps: int,
@@ -369,9 +375,10 @@ def train_latent_transparency(ae: nn.Module, data: Tensor, *, harmlessness_weigh
 
     data: ``(N, 4, H, W)`` RGBA training layers; batches are drawn with ``generator``.
     Returns ``(model, history)`` with per-step lists ``loss``, ``reconstruction``,
-    ``harmlessness`` and ``offset_ms`` (mean square of the offset). AdamW with a cosine decay.
+    ``harmlessness`` and ``offset_ms`` (mean square of the offset). AdamW with 50 warm-up steps and a
+    cosine decay (:func:`layerwise.core.train.fit_steps`).
     """
-    from layerwise.core.env import progress_bar
+    from layerwise.core.train import fit_steps
 
     _check_rgba(data, "data")
     if isinstance(harmlessness_weight, bool) or not isinstance(harmlessness_weight, (int, float)) \
@@ -383,27 +390,17 @@ def train_latent_transparency(ae: nn.Module, data: Tensor, *, harmlessness_weigh
     ae = ae.to(device).eval().requires_grad_(False)
     if model is None:
         model = LatentTransparency(LTConfig(width=width, harmlessness_weight=float(harmlessness_weight)))
-    model = model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(1, steps))))
-    history: dict[str, list[float]] = {"loss": [], "reconstruction": [], "harmlessness": [], "offset_ms": []}
-    bar = progress_bar(range(steps), desc=f"latent transparency (h={harmlessness_weight:g})", enabled=progress)
-    for step in bar:
+    model = model.to(device)
+
+    def loss_fn(step: int):
         idx = torch.randint(0, data.shape[0], (batch_size,), generator=generator)
-        rgba = data[idx].to(device)
-        recon, harm, offset_ms = _batch_losses(model, ae, rgba)
-        loss = recon + harmlessness_weight * harm
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        for k, v in (("loss", loss), ("reconstruction", recon), ("harmlessness", harm), ("offset_ms", offset_ms)):
-            history[k].append(v.item())
-        if step % 25 == 0:
-            bar.set_postfix(recon=f"{recon.item():.4f}", harm=f"{harm.item():.4f}")
-    model.eval()
+        recon, harm, offset_ms = _batch_losses(model, ae, data[idx].to(device))
+        return recon + harmlessness_weight * harm, {"reconstruction": recon, "harmlessness": harm,
+                                                    "offset_ms": offset_ms}
+
+    hist = fit_steps(model, loss_fn, steps, lr=lr, warmup=50, cosine=True, clip=1.0, progress=progress,
+                     desc=f"latent transparency (h={harmlessness_weight:g})", log_every=25)
+    history = {"loss": hist.loss, **{k: hist.logs.get(k, []) for k in ("reconstruction", "harmlessness", "offset_ms")}}
     return model, history
 
 
@@ -431,8 +428,7 @@ def evaluate_latent_transparency(ae: nn.Module, model: LatentTransparency, rgba:
     preds, ablated, decoded, plain_dec, offsets, latents, bases = [], [], [], [], [], [], []
     for i in range(0, rgba.shape[0], batch_size):
         x = rgba[i:i + batch_size].to(device)
-        base = ae.encode(premultiplied_rgb(x))
-        lat = base + model.offset(x)
+        lat, base, _ = adjusted_latent(ae, x, model.offset, parts=True)
         dec, plain = ae.decode(lat), ae.decode(base)
         preds.append(model.decoder(dec, lat).cpu())
         ablated.append(model.decoder(plain, base).cpu())

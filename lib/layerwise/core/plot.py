@@ -1,8 +1,7 @@
 """Plotting helpers: curves over several seeds drawn as a mean line with a band; image grids.
 
-:func:`image_grid` draws RGBA images over :func:`layerwise.data.layers.checkerboard`. That
-import happens inside the function, so ``layerwise.core`` does not import ``layerwise.data``
-when it loads (and the data package stays free to use ``core`` without an import cycle).
+:func:`image_grid` draws RGBA images over :func:`layerwise.data.rgba.checkerboard` (the data
+package is the library's ground floor: core may use it, never the other way round).
 """
 
 from __future__ import annotations
@@ -103,7 +102,7 @@ def image_grid(images, *, nrow: int = 8, titles: Sequence[str] | None = None, ax
     ticks; ``titles`` (one per image) go above the images.
     """
     import matplotlib.pyplot as plt
-    from layerwise.data.layers import checkerboard
+    from layerwise.data.rgba import checkerboard
 
     x = _as_images(images).clamp(0.0, 1.0)
     n, c, h, w = x.shape

@@ -1,10 +1,21 @@
-"""A small training loop shared by every chapter: mini-batches, tqdm progress, a per-step history."""
+"""The training loops every chapter and zoo recipe shares.
+
+- :func:`train`: epochs over an in-memory labelled data set, with evaluation (the classifier
+  chapters);
+- :func:`fit_steps`: a fixed number of optimisation steps of any loss (the zoo recipes and the
+  diffusion chapters): the caller's ``loss_fn(step)`` draws its own batch; the loop does the
+  rest (AdamW, warm-up and cosine schedule, gradient clipping, EMA weights, a progress bar) and
+  returns a :class:`History`.
+"""
 
 from __future__ import annotations
 
+import copy
+import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from functools import partial
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -28,6 +39,8 @@ class History:
     eval_loss: list[float] = field(default_factory=list)
     eval_acc: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    lr: list[float] = field(default_factory=list)
+    logs: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
@@ -162,3 +175,108 @@ def stack(histories: list[History], attr: str) -> np.ndarray:
     seqs = [np.asarray(getattr(h, attr), dtype=float) for h in histories]
     t = min(len(s) for s in seqs)
     return np.stack([s[:t] for s in seqs])
+
+
+# --------------------------------------------------------------------------- step-based training
+
+def lr_factor(step: int, *, steps: int, warmup: int = 0, cosine: bool = False) -> float:
+    """The learning-rate multiplier of :func:`fit_steps` at ``step`` (0-based).
+
+    A linear warm-up over the first ``warmup`` steps, ``min(1, (step + 1) / warmup)``, times, with
+    ``cosine``, a cosine decay from 1 to 0 over all ``steps``: ``(1 + cos(π · step / steps)) / 2``.
+    Used through torch's :class:`~torch.optim.lr_scheduler.LambdaLR`.
+    """
+    warm = min(1.0, (step + 1) / max(1, warmup))
+    if not cosine:
+        return warm
+    return warm * 0.5 * (1 + math.cos(math.pi * min(step, steps) / max(1, steps)))
+
+
+class EMA:
+    """Exponential moving average of a model's weights (what diffusion models sample with)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float = 0.999):
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be a number in [0, 1), got {decay!r}")
+        self.decay = float(decay)
+        self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))   # warm-up: follow the model closely at first
+        for s, p in zip(self.shadow.parameters(), model.parameters()):
+            s.lerp_(p.detach(), 1 - d)
+        for s, b in zip(self.shadow.buffers(), model.buffers()):
+            s.copy_(b)
+
+    def copy_to(self, model: torch.nn.Module) -> None:
+        model.load_state_dict(self.shadow.state_dict())
+
+
+StepLoss = Callable[[int], "torch.Tensor | tuple[torch.Tensor, dict[str, Any]]"]
+
+
+def fit_steps(model: torch.nn.Module, loss_fn: StepLoss, steps: int, *, lr: float = 1e-3,
+              weight_decay: float = 0.0, params: Iterable[torch.nn.Parameter] | None = None,
+              warmup: int = 0, cosine: bool = False, clip: float | None = None, ema: float | None = None,
+              progress: bool | None = None, desc: str = "train", log_every: int = 50) -> History:
+    """Train ``model`` for ``steps`` optimisation steps of ``loss_fn`` and return its :class:`History`.
+
+    ``loss_fn(step)`` draws its own batch (with the caller's seeded generator) and returns the
+    scalar loss, or ``(loss, logs)`` with ``logs`` a dict of extra scalars recorded per step in
+    ``History.logs``. Each step: ``zero_grad``, ``backward``, optional gradient-norm clipping to
+    ``clip``, an AdamW step (``lr``, ``weight_decay``) over ``params`` (default: every parameter
+    of ``model``), the learning-rate schedule :func:`lr_factor` (``warmup`` steps of linear
+    warm-up, then a ``cosine`` decay to 0 if asked), and the ``ema`` average of the weights if a
+    decay is given; the model then ends holding the EMA weights. ``History.loss`` and
+    ``History.lr`` hold one value per step. The model is in train mode during the loop and in
+    eval mode afterwards. A non-finite loss stops training with a ``FloatingPointError``.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(step), got {type(loss_fn).__name__}")
+    for name, value in (("steps", steps), ("warmup", warmup), ("log_every", log_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "log_every" else 0):
+            raise ValueError(f"{name} must be an int >= {1 if name == 'log_every' else 0}, got {value!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0):
+        raise ValueError(f"clip must be None or a number > 0, got {clip!r}")
+    params = list(model.parameters() if params is None else params)
+    if not params:
+        raise ValueError("params is empty: nothing to train")
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, steps=steps, warmup=warmup, cosine=cosine))
+    averager = EMA(model, ema) if ema else None
+    hist = History()
+    bar = progress_bar(range(steps), desc=desc, enabled=progress)
+    start = time.perf_counter()
+    model.train()
+    for step in bar:
+        hist.lr.append(opt.param_groups[0]["lr"])
+        out = loss_fn(step)
+        loss, logs = out if isinstance(out, tuple) else (out, {})
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            raise TypeError(f"loss_fn must return a scalar tensor (or (loss, logs)), got {type(loss).__name__}")
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        sched.step()
+        if averager is not None:
+            averager.update(model, step)
+        hist.loss.append(loss.item())
+        for key, value in logs.items():
+            hist.logs.setdefault(key, []).append(value.item() if isinstance(value, torch.Tensor) else float(value))
+        if step % log_every == 0:
+            recent = hist.loss[-log_every:]
+            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
+    if averager is not None:
+        averager.copy_to(model)
+    model.eval()
+    hist.seconds = time.perf_counter() - start
+    return hist

@@ -12,7 +12,7 @@ background. Each scene comes with
 - the objects' coverage masks ``(n, MAX_OBJECTS, H, W)`` (zeros for a missing object), for
   pointing games.
 
-Rendering reuses :func:`layerwise.data.layers.sprite` and :func:`~layerwise.data.layers.alpha_over`;
+Rendering reuses :func:`layerwise.data.shapes.sprite` and :func:`~layerwise.data.rgba.alpha_over`;
 everything is vectorised over the batch and seeded (the same seed gives identical scenes).
 """
 
@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from layerwise.data.layers import alpha_over, sprite
+from layerwise.data.rgba import alpha_over
+from layerwise.data.shapes import sprite
 
 __all__ = ["COLORS", "COLOR_RGB", "CAPTION_SHAPES", "POSITIONS", "MAX_OBJECTS", "VOCAB", "SPECIALS",
            "CaptionedScenes", "captioned_scenes", "caption_of", "random_captions", "parse_caption",

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["AEConfig", "TinyAutoencoder"]
+__all__ = ["AEConfig", "TinyAutoencoder", "ResBlock"]
 
 
 @dataclass
@@ -28,7 +28,9 @@ class AEConfig:
         return asdict(self)
 
 
-class _Res(nn.Module):
+class ResBlock(nn.Module):
+    """``x + body(x)`` with body = (GroupNorm, SiLU, 3×3 conv) twice: the autoencoder's residual block."""
+
     def __init__(self, ch: int):
         super().__init__()
         self.body = nn.Sequential(nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1),
@@ -48,12 +50,12 @@ class TinyAutoencoder(nn.Module):
         chs = [cfg.width * min(2**i, 2) for i in range(cfg.downsample + 1)]   # e.g. 32, 64, 64
         enc: list[nn.Module] = [nn.Conv2d(cfg.in_channels, chs[0], 3, padding=1)]
         for a, b in zip(chs, chs[1:]):
-            enc += [nn.SiLU(), nn.Conv2d(a, b, 3, stride=2, padding=1), _Res(b)]
+            enc += [nn.SiLU(), nn.Conv2d(a, b, 3, stride=2, padding=1), ResBlock(b)]
         enc += [nn.GroupNorm(8, chs[-1]), nn.SiLU(), nn.Conv2d(chs[-1], cfg.latent_channels, 3, padding=1)]
         self.encoder = nn.Sequential(*enc)
         dec: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, chs[-1], 3, padding=1)]
         for a, b in zip(chs[::-1], chs[::-1][1:]):
-            dec += [_Res(a), nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(a, b, 3, padding=1)]
+            dec += [ResBlock(a), nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(a, b, 3, padding=1)]
         dec += [nn.GroupNorm(8, chs[0]), nn.SiLU(), nn.Conv2d(chs[0], cfg.in_channels, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
         # latent = encoder(x) · scale; set from the latents' std after training (saved with the weights)

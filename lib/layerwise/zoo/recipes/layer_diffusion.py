@@ -1,7 +1,7 @@
 """Zoo models of chapter 11 (LayerDiffuse, :mod:`layerwise.layer_diffusion`).
 
 - ``latent_transparency_h0`` / ``_h0.1`` / ``_h1``: offset encoder + transparent decoder on
-  32×32 RGBA sprites (:func:`sprite_layers`), trained over the frozen ``ae32`` with
+  32×32 RGBA sprites (:func:`~layerwise.data.sprite_sets.sprite_layers`), trained over the frozen ``ae32`` with
   harmlessness weight 0, 0.1 and 1: the chapter's trade-off sweep.
 - ``latent_dit_sprites``: the "pretrained latent model": a TinyDiT ε-predictor on ``ae32``
   latents of premultiplied sprites, conditioned on the shape.
@@ -16,47 +16,12 @@ from __future__ import annotations
 
 import torch
 
+from layerwise.data.rgba import premultiplied_rgb
+from layerwise.data.sprite_sets import sprite_layers
+from layerwise.layer_diffusion import HARMLESSNESS_SWEEP, adjusted_latent, lt_zoo_name
 from layerwise.zoo.registry import Recipe, register
 
-__all__ = ["LT_WEIGHTS", "LT_BASE", "LATENT_DIT", "LAYER_DIT", "lt_name", "sprite_layers"]
-
-#: The harmlessness weights of the sweep, and the zoo name of each trained pair.
-LT_WEIGHTS = (0.0, 0.1, 1.0)
-
-
-def lt_name(weight: float) -> str:
-    """``latent_transparency_h0`` / ``_h0.1`` / ``_h1`` for weight 0 / 0.1 / 1."""
-    return f"latent_transparency_h{weight:g}"
-
-
-def sprite_layers(n: int, seed: int, size: int = 32, glass_share: float = 0.5):
-    """(rgba (n, 4, size, size) straight alpha, shape labels (n,)): the chapter's layers.
-
-    A share ``glass_share`` are glass sprites; the others are flat sprites, half of them faded
-    to an opacity in [0.3, 0.9]. Every sprite's colour is darkened by a factor in [0.35, 1]. So
-    a dark opaque sprite and a faint bright one can have the same premultiplied image: alpha is
-    ambiguous in the RGB the frozen VAE sees, as it is for real layers (dark vs transparent).
-    Seeded: the same ``seed`` gives the same layers.
-    """
-    from layerwise.data.sprite_sets import rgba_sprites
-
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an int >= 1, got {n!r}")
-    n_glass = round(n * glass_share)
-    parts = []
-    for count, prob, offset in ((n - n_glass, 0.0, 0), (n_glass, 1.0, 500)):   # flat sprites, glass sprites
-        if count:
-            rgba, labels = rgba_sprites(max(count, 6), size, seed=seed + offset, glass_prob=prob)
-            parts.append((rgba[:count], labels[:count]))
-    rgba, labels = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    g = torch.Generator().manual_seed(seed)
-    u = torch.rand(n, 3, generator=g)
-    fade = torch.where(u[:, 0] < 0.5, 0.3 + 0.6 * u[:, 1], torch.ones(n))
-    fade[n - n_glass:] = 1.0                                        # glass keeps its own opacity
-    rgba[:, 3] *= fade.view(n, 1, 1)
-    rgba[:, :3] *= (0.35 + 0.65 * u[:, 2]).view(n, 1, 1, 1)
-    perm = torch.randperm(n, generator=g)
-    return rgba[perm], labels[perm]
+__all__ = ["LT_BASE", "LATENT_DIT", "LAYER_DIT"]
 
 
 def _ae(device):
@@ -105,10 +70,10 @@ def _eval_lt(model, generator, device):
     return float(reconstruction_loss(pred, held))
 
 
-for _w in LT_WEIGHTS:
+for _w in HARMLESSNESS_SWEEP:
     _cfg = {**LT_BASE, "model": {**LT_BASE["model"], "harmlessness_weight": _w}}
     register(Recipe(
-        name=lt_name(_w), build=_build_lt, fit=_fit_lt, evaluate=_eval_lt, config=_cfg, steps=500, seed=21,
+        name=lt_zoo_name(_w), build=_build_lt, fit=_fit_lt, evaluate=_eval_lt, config=_cfg, steps=500, seed=21,
         metric="heldout_reconstruction_loss", requires=("ae32",), tolerance=1.3,
         description=f"LayerDiffuse latent transparency over the frozen ae32: offset encoder + transparent "
                     f"decoder, harmlessness weight {_w:g}; 32×32 RGBA sprites (half glass, faded and darkened ones: alpha is ambiguous in RGB)"))
@@ -118,7 +83,7 @@ for _w in LT_WEIGHTS:
 
 LATENT_DIT = dict(model=dict(in_channels=4, image_size=8, patch=2, dim=96, depth=4, heads=4, num_classes=6),
                   data=dict(n=8000, size=32, seed=22, glass_share=0.5), batch_size=128, lr=1e-3, ema=0.999)
-LAYER_DIT = {**LATENT_DIT, "lr": 3e-4, "transparency": lt_name(1.0)}
+LAYER_DIT = {**LATENT_DIT, "lr": 3e-4, "transparency": lt_zoo_name(1.0)}
 
 
 def _build_latent_dit(cfg: dict):
@@ -129,8 +94,7 @@ def _build_latent_dit(cfg: dict):
 
 @torch.no_grad()
 def _latents(rgba, device, transparency: str | None = None) -> torch.Tensor:
-    """ae32 latents of the premultiplied layers, plus the offset of ``transparency`` if given."""
-    from layerwise.layer_diffusion import premultiplied_rgb
+    """ae32 latents of the premultiplied layers, adjusted by the offset of ``transparency`` if given."""
     from layerwise.zoo import load
 
     ae = _ae(device)
@@ -138,8 +102,7 @@ def _latents(rgba, device, transparency: str | None = None) -> torch.Tensor:
     out = []
     for i in range(0, rgba.shape[0], 512):
         x = rgba[i:i + 512].to(device)
-        z = ae.encode(premultiplied_rgb(x))
-        out.append((z + lt.offset(x) if lt is not None else z).cpu())
+        out.append((adjusted_latent(ae, x, lt.offset) if lt is not None else ae.encode(premultiplied_rgb(x))).cpu())
     return torch.cat(out)
 
 

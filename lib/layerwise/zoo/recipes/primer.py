@@ -6,14 +6,14 @@ evaluation draws with another seed), so ``check`` measures the model on images i
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from layerwise.core.env import progress_bar
+from layerwise.core.train import fit_steps
+from layerwise.data.sprite_sets import labelled_sprites
 from layerwise.zoo.registry import Recipe, register
 
-__all__ = ["SPRITE_DIT16", "AE32", "SPRITE_CLASSIFIER16", "primer_sprites"]
+__all__ = ["SPRITE_DIT16", "AE32", "SPRITE_CLASSIFIER16"]
 
 
 # --- sprite_dit16: a pixel-space, shape-conditional DiT on 16×16 sprites (the primer) --------------
@@ -24,17 +24,9 @@ SPRITE_DIT16 = dict(model=dict(in_channels=3, image_size=16, patch=2, dim=128, d
 
 
 def _sprite_data(cfg: dict, seed: int, n: int | None = None):
-    from layerwise.data.sprite_sets import labelled_sprites
-
     images, labels = labelled_sprites(n or cfg["data"]["n"], cfg["data"]["size"], seed=seed,
                                       **cfg["data"].get("sprites", {}))
     return images * 2 - 1, labels                       # the model works in [-1, 1]
-
-
-def primer_sprites(n: int, seed: int):
-    """(images (n, 3, 16, 16) in [0, 1], shape labels (n,)) from the distribution ``sprite_dit16`` learns."""
-    x, y = _sprite_data(SPRITE_DIT16, seed, n)
-    return (x + 1) / 2, y
 
 
 def _build_dit(cfg: dict):
@@ -77,12 +69,15 @@ AE32 = dict(model=dict(in_channels=3, latent_channels=4, width=32, downsample=2)
 
 def _ae_data(cfg: dict, seed: int, n: int | None = None):
     """Half scenes (textured backgrounds, sprites, glass, shadows), half premultiplied sprites on black."""
-    from layerwise.data.layers import premultiply, scenes, stack_scenes
+    from layerwise.data.rgba import premultiply
+    from layerwise.data.scene import scenes, stack_scenes
     from layerwise.data.sprite_sets import rgba_sprites
 
     n = n or cfg["data"]["n"]
     size = cfg["data"]["size"]
-    sc = stack_scenes(scenes(n // 2, size, seed=seed, shadow_prob=0.4, reflection_prob=0.2, glass_prob=0.3))
+    bar = (lambda it: progress_bar(it, desc="scenes")) if n >= 5000 else None
+    sc = stack_scenes(scenes(n // 2, size, seed=seed, shadow_prob=0.4, reflection_prob=0.2, glass_prob=0.3,
+                             progress=bar))
     rgba, _ = rgba_sprites(n - n // 2, size, seed=seed + 1)
     images = torch.cat([sc["image"], premultiply(rgba)[:, :3]])
     return images[torch.randperm(n, generator=torch.Generator().manual_seed(seed))]
@@ -104,17 +99,14 @@ def _ae_mse(model, images, device) -> float:
 
 def _fit_ae(model, cfg, steps, generator, device, progress=None):
     x = _ae_data(cfg, cfg["data"]["seed"])
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * s / max(1, steps))))
-    for _ in progress_bar(range(steps), desc="autoencoder", enabled=progress):
+
+    def loss_fn(step):
         batch = x[torch.randint(0, len(x), (cfg["batch_size"],), generator=generator)].to(device)
         out = model(batch)
-        loss = (out - batch).abs().mean() + (out - batch).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        return (out - batch).abs().mean() + (out - batch).pow(2).mean()
+
+    fit_steps(model, loss_fn, steps, lr=cfg["lr"], weight_decay=0.01, warmup=100, cosine=True, progress=progress,
+              desc="autoencoder")           # weight decay 0.01: AdamW's default, as the weights were trained
     with torch.no_grad():   # latents to unit variance, as SD's scaling_factor does
         z = torch.cat([model.encoder(x[i:i + 512].to(device) * 2 - 1) for i in range(0, 2048, 512)])
         model.scale.fill_(1.0 / z.std().item())
@@ -163,15 +155,13 @@ def _fit_classifier(model, cfg, steps, generator, device, progress=None):
     """Trained on the sprite model's own input range ([-1, 1]); half the batches with added Gaussian
     noise of std up to 0.2, so slightly imperfect samples are still read for their shape."""
     x, y = _sprite_data(cfg, cfg["data"]["seed"])
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=1e-4)
-    for _ in progress_bar(range(steps), desc="shape classifier", enabled=progress):
+
+    def loss_fn(step):
         idx = torch.randint(0, len(x), (cfg["batch_size"],), generator=generator)
         xb = x[idx] + 0.2 * torch.rand(len(idx), 1, 1, 1, generator=generator) * torch.randn(x[idx].shape, generator=generator)
-        loss = torch.nn.functional.cross_entropy(model(xb.to(device)), y[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        return torch.nn.functional.cross_entropy(model(xb.to(device)), y[idx].to(device))
+
+    fit_steps(model, loss_fn, steps, lr=cfg["lr"], weight_decay=1e-4, progress=progress, desc="shape classifier")
     xv, yv = _sprite_data(cfg, 777, n=4096)
     return {"metric": _classifier_error(model, xv, yv, device)}
 

@@ -1,4 +1,5 @@
-"""Tests of layerwise.data.layers (synthetic layered RGBA data) and core.plot.image_grid."""
+"""Tests of the synthetic layered RGBA data (layerwise.data.shapes / rgba / scenes / sprite_sets) and
+core.plot.image_grid."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import math
 import pytest
 import torch
 
-from layerwise.data import layers as L
+from layerwise.data import scene as scene_module
+from layerwise.data import shapes as sprite_module
 from layerwise.data import (BACKGROUNDS, BLEND_MODES, SHAPES, Scene, alpha_over, background, blend, checkerboard,
                             compose, drop_shadow, glass, make_scene, premultiply, reflection, scenes, shape_alpha,
                             sprite, sprites, stack_scenes, unpremultiply)
@@ -81,7 +83,7 @@ def test_shadow_is_black_and_below_reflection_is_mirrored(many_scenes):
                 assert torch.equal(s.layers[i, :3], torch.zeros_like(s.layers[i, :3]))
                 assert _com(s.layers[i, 3])[0] >= _com(obj[3])[0] - 1e-6 or s.boxes[i, 3] == s.image.shape[-2]
             if kind == "reflection":
-                floor = int(L._boxes(obj[3:4])[0, 3])          # the object's bottom edge
+                floor = int(scene_module._boxes(obj[3:4])[0, 3])          # the object's bottom edge
                 assert s.layers[i, :, :floor].abs().sum() == 0  # nothing above the floor
                 assert s.boxes[i, 1] >= floor
 
@@ -115,7 +117,7 @@ def test_boxes_are_tight_and_masks_match_alpha(many_scenes):
 def test_boxes_of_an_empty_layer_are_zero():
     a = torch.zeros(2, 5, 7)
     a[1, 2:4, 3] = 0.3
-    assert L._boxes(a).tolist() == [[0, 0, 0, 0], [3, 2, 4, 4]]
+    assert scene_module._boxes(a).tolist() == [[0, 0, 0, 0], [3, 2, 4, 4]]
 
 
 def test_make_scene_counts_and_non_square():
@@ -184,7 +186,7 @@ def test_shape_alpha_is_the_clamped_signed_distance():
 def test_known_polygon_areas():
     r = 14.0
     areas = {"square": 2 * r * r, "triangle": 3 * math.sqrt(3) / 4 * r * r, "diamond": 1.2 * r * r,
-             "ring": math.pi * r * r * (1 - L._RING_INNER ** 2),
+             "ring": math.pi * r * r * (1 - sprite_module._RING_INNER ** 2),
              "star": 5 * r * (0.45 * r) * math.sin(math.pi / 5)}
     for name, area in areas.items():
         a = shape_alpha(name, 48, (24.0, 24.0), r, angle=0.37)
