@@ -1,6 +1,8 @@
-"""Every chapter in book/ executes in the fast profile, and the whole book builds with -W.
+"""Every chapter in book/ executes in the fast profile, its verdicts equal the pinned ones
+(tests/verdicts.json), and the whole book builds with -W.
 
-Chapters are discovered from book/ (see layerwise.course), so a new chapter needs nothing here.
+Chapters are discovered from book/ (see layerwise.course), so a new chapter needs nothing here but
+its pinned verdicts: `python -m layerwise.course verdicts --from <executed book> --write`, reviewed.
 Under pytest-xdist the chapters run on both workers into one shared staging folder (a file
 lock per chapter makes each run exactly once); the book build waits for, or runs, any chapter
 not executed yet and builds from that folder.
@@ -18,10 +20,11 @@ import nbformat
 import pytest
 from filelock import FileLock
 
-from layerwise.course import chapters, execute_chapter, stage_book
+from layerwise.course import chapters, execute_chapter, pinned_verdicts, stage_book, verdict_changes
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = chapters(ROOT)
+PINNED = pinned_verdicts(ROOT)
 CELL_TIMEOUT = 300   # seconds per cell: a fast-profile cell takes well under a minute; a hung kernel fails here
 
 
@@ -71,6 +74,13 @@ def test_chapter_executes_in_fast_profile(chapter: Path, staged: Path):
     table = json.loads(results.read_text())
     assert table["profile"] == "fast" and table["rows"], table
     assert all(r["reproduced"] in ("yes", "no", "partly", "n/a") for r in table["rows"])
+    assert chapter.stem in PINNED, (
+        f"{chapter.name}'s verdicts are not pinned in tests/verdicts.json: execute the book in the fast profile and "
+        "run `python -m layerwise.course verdicts --from <that folder> --write`, then review the diff")
+    changes = verdict_changes(PINNED[chapter.stem]["rows"], table["rows"])
+    assert not changes, (f"{chapter.name}: the fast profile's verdicts differ from tests/verdicts.json "
+                         "(a deliberate change? re-pin with `python -m layerwise.course verdicts --write`):\n  "
+                         + "\n  ".join(changes))
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert injected and "remove-cell" in injected[0].metadata["tags"], "papermill's parameters cell must be hidden"
 

@@ -8,8 +8,13 @@ Everything is discovered from the directory layout, so adding a paper never touc
 
 Command line (used by the Makefile)::
 
-    python -m layerwise.course execute [--profile auto] [--out _build/src]
+    python -m layerwise.course execute [--profile auto] [--out _build/src] [--workers 2]
     python -m layerwise.course release
+    python -m layerwise.course verdicts --from _build/src [--write]
+
+The fast profile's verdicts of every chapter are pinned in ``tests/verdicts.json`` (the chapter
+tests fail, naming the claim, when one changes); ``verdicts --write`` re-pins the chapters found in
+an executed book (the others stay as pinned), a deliberate act to review in the diff.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 
 CHAPTER_RE = re.compile(r"^\d\d[a-z]?_[a-z0-9_]+\.ipynb$")
 BOOK_FILES = ("_config.yml", "_toc.yml", "references.bib")
+VERDICTS = Path("tests") / "verdicts.json"
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -86,16 +92,58 @@ def stage_book(root: Path, out: Path) -> None:
             shutil.copy2(p, target)
 
 
-def execute_book(root: Path, out: Path, profile: str = "auto") -> dict[str, float]:
-    """Stage the book into ``out`` and execute every chapter there. Returns seconds per chapter."""
+def _execute_one(args: tuple[str, str, str]) -> float:
+    src, dest, profile = args
+    return execute_chapter(Path(src), Path(dest), profile)
+
+
+def execute_book(root: Path, out: Path, profile: str = "auto", workers: int = 1) -> dict[str, float]:
+    """Stage the book into ``out`` and execute every chapter there, ``workers`` chapters at a time
+    (each in its own kernel; on a CPU the fast profile uses one torch thread per kernel, see
+    :func:`layerwise.core.env.setup`). Returns seconds per chapter."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     stage_book(root, out)
+    jobs = [(str(nb), str(out / nb.relative_to(root)), profile) for nb in chapters(root)]
     times = {}
-    for nb in chapters(root):
-        rel = nb.relative_to(root)
-        print(f"executing {rel} (PROFILE={profile}) ...", flush=True)
-        times[str(rel)] = execute_chapter(nb, out / rel, profile)
-        print(f"  done in {times[str(rel)]:.1f} s", flush=True)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for (src, _, _), seconds in zip(jobs, pool.map(_execute_one, jobs)):
+            rel = str(Path(src).relative_to(root))
+            times[rel] = seconds
+            print(f"executed {rel} (PROFILE={profile}) in {seconds:.1f} s", flush=True)
     return times
+
+
+def collect_verdicts(executed: Path) -> dict[str, list[dict[str, str]]]:
+    """``{chapter: [{"claim", "reproduced"}, ...]}`` from the ``*.results.json`` files under ``executed``."""
+    found = {}
+    for path in sorted(Path(executed).rglob("*.results.json")):
+        table = json.loads(path.read_text())
+        found[table["chapter"]] = {"profile": table["profile"],
+                                   "rows": [{"claim": r["claim"], "reproduced": r["reproduced"]} for r in table["rows"]]}
+    return found
+
+
+def pinned_verdicts(root: Path) -> dict:
+    """The committed fast-profile verdicts (``tests/verdicts.json``), or ``{}`` if there are none yet."""
+    path = root / VERDICTS
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def verdict_changes(pinned: list[dict], rows: list[dict]) -> list[str]:
+    """Sentences naming every claim whose verdict differs from the pinned one (or that appeared or went)."""
+    out = []
+    old = {r["claim"]: r["reproduced"] for r in pinned}
+    new = {r["claim"]: r["reproduced"] for r in rows}
+    for claim, verdict in new.items():
+        if claim not in old:
+            out.append(f"new claim (not pinned): {claim!r} -> {verdict}")
+        elif old[claim] != verdict:
+            out.append(f"verdict changed: {claim!r}: pinned {old[claim]}, now {verdict}")
+    out += [f"claim gone: {claim!r} (pinned {verdict})" for claim, verdict in old.items() if claim not in new]
+    return out
 
 
 def nbgrader(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -122,13 +170,33 @@ def main(argv: list[str] | None = None) -> int:
     ex = sub.add_parser("execute", help="execute every chapter into a staged copy of the book")
     ex.add_argument("--profile", default="auto", choices=["auto", "fast", "full"])
     ex.add_argument("--out", default="_build/src")
+    ex.add_argument("--workers", type=int, default=2, help="chapters executed at a time (default 2)")
     sub.add_parser("release", help="regenerate exercises/ from solutions/")
+    ve = sub.add_parser("verdicts", help="compare an executed book's fast-profile verdicts with tests/verdicts.json")
+    ve.add_argument("--from", dest="src", default="_build/src", help="folder of an executed book")
+    ve.add_argument("--write", action="store_true", help="rewrite tests/verdicts.json from it (review the diff)")
     a = ap.parse_args(argv)
     root = repo_root()
     if a.cmd == "execute":
         out = (root / a.out).resolve()
-        times = execute_book(root, out, a.profile)
+        times = execute_book(root, out, a.profile, workers=a.workers)
         print("chapter times (s): " + ", ".join(f"{k}: {v:.0f}" for k, v in times.items()))
+    elif a.cmd == "verdicts":
+        found = collect_verdicts((root / a.src).resolve())
+        if not found or any(t["profile"] != "fast" for t in found.values()):
+            print("verdicts are pinned for the fast profile: execute the book with --profile fast first")
+            return 2
+        pinned = pinned_verdicts(root)
+        changes = {ch: verdict_changes(pinned.get(ch, {}).get("rows", []), t["rows"]) for ch, t in found.items()}
+        for ch, lines in changes.items():
+            for line in lines:
+                print(f"{ch}: {line}")
+        if a.write:         # the chapters found replace their pinned entries; the others stay as they are
+            merged = dict(sorted({**pinned, **found}.items()))
+            (root / VERDICTS).write_text(json.dumps(merged, indent=1, ensure_ascii=False) + "\n")
+            print(f"wrote {VERDICTS}: {', '.join(sorted(found))} re-pinned ({len(merged)} chapters pinned)")
+        elif any(changes.values()):
+            return 1
     else:
         release(root)
     return 0

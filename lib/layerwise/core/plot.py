@@ -140,16 +140,22 @@ def image_grid(images, *, nrow: int = 8, titles: Sequence[str] | None = None, ax
     return ax
 
 
-def live_figure(draw, **controls):
+def live_figure(draw, *, cache: int = 64, prerender=(), dpi: int = 90, **controls):
     """An interactive figure that survives unattended execution: ``controls`` above an image.
 
-    ``draw(**values)`` makes a matplotlib figure (``plt.subplots`` inside it is fine) from the
-    controls' current values; the figure is rendered to PNG into an ``ipywidgets.Image`` and
-    closed, and redrawn whenever a control changes (sliders on release). Chapters use this rather
-    than ``ipywidgets.interact``, whose output widget can leave papermill waiting for ever on an
-    idle kernel (seen with nbclient on loaded machines). Returns the ``VBox`` to display.
+    ``draw(**values)`` makes a matplotlib figure (``plt.subplots`` inside it is fine; returning
+    the figure is fine too) from the controls' current values; the figure is rendered to PNG at
+    ``dpi`` into an ``ipywidgets.Image`` and closed, and redrawn whenever a control changes
+    (sliders on release). The last ``cache`` renderings are kept, keyed by the controls' values,
+    so moving back to a setting is instant; ``prerender`` (an iterable of ``{name: value}``
+    dicts, missing names taking the controls' initial values) renders settings up front, e.g.
+    every stop of a slider whose ``draw`` is slow. Chapters use this rather than
+    ``ipywidgets.interact`` or a hand-made ``Image`` + ``observe``: the output widget of
+    ``interact`` can leave papermill waiting for ever on an idle kernel (seen with nbclient on
+    loaded machines). Returns the ``VBox`` to display; its ``.renders`` counts the figures drawn.
     """
     import io
+    from collections import OrderedDict
 
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
@@ -158,23 +164,46 @@ def live_figure(draw, **controls):
         raise TypeError(f"draw must be callable, got {type(draw).__name__}")
     if not controls or not all(isinstance(w, widgets.ValueWidget) for w in controls.values()):
         raise ValueError("controls must be one or more ipywidgets value widgets, passed by the name draw() takes")
+    if isinstance(cache, bool) or not isinstance(cache, int) or cache < 0:
+        raise ValueError(f"cache must be an int >= 0 (renderings kept), got {cache!r}")
+    if isinstance(dpi, bool) or not isinstance(dpi, int) or dpi < 10:
+        raise ValueError(f"dpi must be an int >= 10, got {dpi!r}")
+    store: OrderedDict = OrderedDict()
+    count = [0]
 
-    def render() -> bytes:
+    def render(values: dict) -> bytes:
+        key = tuple(sorted((k, repr(v)) for k, v in values.items()))
+        if key in store:
+            store.move_to_end(key)
+            return store[key]
         with plt.ioff():
             before = set(plt.get_fignums())
-            draw(**{name: w.value for name, w in controls.items()})
+            draw(**values)
             new = [n for n in plt.get_fignums() if n not in before]
             if not new:
                 raise ValueError("draw must make a new matplotlib figure (e.g. with plt.subplots) each call")
             buf = io.BytesIO()
-            plt.figure(new[-1]).savefig(buf, format="png", dpi=90, bbox_inches="tight")
+            plt.figure(new[-1]).savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
             for n in new:
                 plt.close(n)
+        count[0] += 1
+        if cache:
+            store[key] = buf.getvalue()
+            while len(store) > cache:
+                store.popitem(last=False)
         return buf.getvalue()
 
-    image = widgets.Image(value=render(), format="png")
+    current = lambda: {name: w.value for name, w in controls.items()}  # noqa: E731
+    for extra in prerender:
+        unknown = set(extra) - set(controls)
+        if unknown:
+            raise ValueError(f"prerender names {sorted(unknown)}, which are not controls ({sorted(controls)})")
+        render({**current(), **extra})
+    image = widgets.Image(value=render(current()), format="png")
     for w in controls.values():
         if hasattr(w, "continuous_update"):
             w.continuous_update = False
-        w.observe(lambda _change: setattr(image, "value", render()), names="value")
-    return widgets.VBox([*controls.values(), image])
+        w.observe(lambda _change: setattr(image, "value", render(current())), names="value")
+    box = widgets.VBox([*controls.values(), image])
+    box.renders = count
+    return box

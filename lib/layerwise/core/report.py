@@ -1,7 +1,10 @@
-"""The table every chapter ends its experiment with: paper | ours | does it reproduce?
+"""The table every chapter ends its experiment with: paper | ours | does it reproduce? — and the
+one rule that decides "does it reproduce?" when a claim compares runs over seeds.
 
 The table is rendered in the notebook and saved as ``<chapter>.results.json`` next to the
 executed notebook (the current directory), so that a dashboard can collect every chapter's.
+:func:`compare` is the course's verdict rule for "ours is better than the baseline" over seeds
+(independent or paired runs); every chapter's statistical rows come from it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 _VERDICTS = {True: "yes", False: "no", None: "n/a"}
@@ -98,3 +102,89 @@ def paper_table(chapter: str, rows: list[dict[str, Any]], *, profile: str,
     payload = {"chapter": chapter, "profile": profile, "rows": clean, "meta": meta, "extra": extra or {}}
     table.path.write_text(json.dumps(payload, indent=2, default=float))
     return table
+
+
+# --------------------------------------------------------------------------- the verdict rule
+
+#: The rules :func:`compare` knows, in words (the book's "How we judge" page quotes them).
+RULES = {
+    "se": "ours beats the baseline by more than one standard error of the difference of the seed means",
+    "t05": "a one-sided t-test over seeds rejects 'ours is no better than the baseline' at the 5 % level "
+           "(paired over seeds where the runs are paired, Welch's test otherwise)",
+}
+#: The course's rule: what :func:`compare` applies unless told otherwise.
+RULE = "se"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The outcome of :func:`compare`: ``diff`` (> 0: ours is better, in the claim's units), its
+    standard error ``se``, the one-sided ``p`` value of the t-test, and ``holds`` under ``rule``.
+    ``bool(comparison)`` is ``holds``."""
+
+    diff: float
+    se: float
+    p: float
+    n: int
+    paired: bool
+    margin: float
+    rule: str
+    holds: bool
+
+    def __bool__(self) -> bool:
+        return self.holds
+
+    def __str__(self) -> str:
+        return f"{self.diff:+.3g} ± {self.se:.2g} (s.e., n = {self.n})"
+
+
+def _seeds(x: Any, name: str) -> np.ndarray:
+    a = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=float)
+    if a.ndim != 1 or a.size < 2:
+        raise ValueError(f"{name} must be a 1-D sequence of at least 2 per-seed values, got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} holds NaN or inf: {a.tolist()}")
+    return a
+
+
+def compare(ours: Any, baseline: Any, *, higher_is_better: bool = True, paired: bool = False,
+            margin: float = 0.0, rule: str | None = None) -> Comparison:
+    """Is ``ours`` better than ``baseline``? Both are per-seed values (one number per run).
+
+    ``diff`` is mean(ours) − mean(baseline) (negated when ``higher_is_better`` is False, so
+    ``diff > 0`` always means "ours is better"); with ``paired`` (run ``i`` of both shares seed
+    ``i``) it is the mean of the per-seed differences and ``se`` their standard error, otherwise
+    ``se`` = √(var(ours)/n₁ + var(baseline)/n₂) (sample variances). ``margin`` ≥ 0 turns the
+    question into non-inferiority: "ours is no worse than the baseline by more than ``margin``".
+
+    The verdict follows ``rule`` (default :data:`RULE`): ``"se"`` holds when
+    ``diff + margin > se``; ``"t05"`` when the one-sided t-test of ``diff + margin > 0`` has
+    p < 0.05 (df = n − 1 paired, Welch–Satterthwaite otherwise). Both can come out "no" when the
+    effect is there but small, and come out "yes" by chance when it is not (rarely for t05).
+    """
+    from scipy import stats
+
+    a, b = _seeds(ours, "ours"), _seeds(baseline, "baseline")
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0:
+        raise ValueError(f"margin must be a number >= 0, got {margin!r}")
+    rule = RULE if rule is None else rule
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {sorted(RULES)}, got {rule!r}")
+    sign = 1.0 if higher_is_better else -1.0
+    if paired:
+        if a.shape != b.shape:
+            raise ValueError(f"paired runs need as many values in ours ({a.size}) as in baseline ({b.size})")
+        d = sign * (a - b)
+        diff, se, n = float(d.mean()), float(d.std(ddof=1) / np.sqrt(d.size)), int(d.size)
+        df = n - 1.0
+    else:
+        va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+        diff, se, n = float(sign * (a.mean() - b.mean())), float(np.sqrt(va + vb)), int(min(a.size, b.size))
+        df = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1)) if va + vb > 0 else float(n - 1)
+    shifted = diff + float(margin)
+    if se > 0:
+        p = float(stats.t.sf(shifted / se, df))
+    else:                                   # every run gave the same difference: no noise to test against
+        p = 0.0 if shifted > 0 else 1.0
+    holds = shifted > se if rule == "se" else p < 0.05
+    return Comparison(diff=diff, se=se, p=p, n=n, paired=paired, margin=float(margin), rule=rule, holds=bool(holds))
