@@ -346,6 +346,19 @@ def test_psnr_and_frechet_distance_known_values():
     assert df.frechet_distance(c, d) == pytest.approx(df.frechet_distance(d, c), rel=1e-6) and df.frechet_distance(c, d) > 0
 
 
+@pytest.mark.parametrize("call, match", [
+    (lambda: df.psnr(torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 5)), "pred .* and target .* must have the same shape"),
+    (lambda: df.psnr(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4)), "pred must be a 4-D"),
+    (lambda: df.psnr(torch.zeros(2, 3, 4, 4, dtype=torch.long), torch.zeros(2, 3, 4, 4)), "pred must be a floating-point"),
+    (lambda: df.frechet_distance(torch.zeros(1, 3), torch.zeros(5, 3)), "feats needs at least 2 rows"),
+    (lambda: df.frechet_distance(torch.zeros(4, 3), torch.zeros(5, 2)), "feats has 3 features but reference has 2"),
+    (lambda: df.frechet_distance(torch.zeros(4, 3), [[0.0, 1.0]]), "reference must be a torch.Tensor"),
+])
+def test_measurements_bad_input_names_the_argument(call, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        call()
+
+
 def test_nearest_feature_distance():
     ref = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
     d = df.nearest_feature_distance(torch.tensor([[0.0, 1.0], [3.0, 4.0], [6.0, 8.0]]), ref)
