@@ -284,3 +284,33 @@ def test_built_dashboard_matches_the_results_files(built_book: dict, staged: Pat
         assert re.search(rf"{re.escape(v)}\s+{n}\b", text), f"the dashboard does not count {n} × {v}"
     print(f"dashboard: {len(expected)} claims, " + ", ".join(f"{v} {n}" for v, n in counts.items())
           + f"; written in {built_book['dashboard_seconds']:.2f} s")
+
+
+# --------------------------------------------------------------------------- the figure style
+
+def test_figure_size_fits_the_column_and_refuses_bad_layouts():
+    from layerwise.core.plot import COLUMN_WIDTH, MAX_COLS, figure_size
+
+    assert figure_size() == (COLUMN_WIDTH, 0.7 * COLUMN_WIDTH)
+    w, h = figure_size(3)                                   # three side by side
+    assert w == COLUMN_WIDTH and h == pytest.approx(0.7 * COLUMN_WIDTH / 3)
+    w, h = figure_size(5, cols=2, aspect=0.5)               # three rows of two
+    assert h == pytest.approx(3 * 0.5 * COLUMN_WIDTH / 2)
+    assert figure_size(7)[1] == pytest.approx(3 * 0.7 * COLUMN_WIDTH / MAX_COLS)   # at most MAX_COLS a row
+    for bad in (dict(panels=0), dict(panels=2.5), dict(panels=4, cols=MAX_COLS + 1), dict(panels=2, cols=0),
+                dict(panels=2, aspect=0), dict(panels=2, width=-1.0), dict(panels=True)):
+        with pytest.raises(ValueError, match=next(iter(k for k in bad if k != "panels"), "panels")):
+            figure_size(**bad)
+
+
+def test_setup_applies_the_book_style():
+    import matplotlib as mpl
+
+    from layerwise.core import setup
+    from layerwise.core.plot import BOOK_STYLE
+
+    with mpl.rc_context():
+        mpl.rcParams["figure.dpi"] = 33
+        setup("fast", seed=0)
+        assert mpl.rcParams["figure.dpi"] == BOOK_STYLE["figure.dpi"]
+        assert tuple(mpl.rcParams["figure.figsize"]) == BOOK_STYLE["figure.figsize"]
