@@ -240,9 +240,10 @@ def test_dashboard_counts_and_lists_every_claim(tmp_path: Path):
     assert "5 claims in 2 chapters" in page
     for verdict, n in zip(VERDICT_ORDER, (2, 1, 1, 1)):
         assert re.search(rf"{re.escape(verdict)}</span> {n}\b", page), (verdict, n)
-    assert "| [01 · Title of 01_a](part1_x/01_a.ipynb) | 3 | 1 | 1 | 0 | 1 | fast | 2026-12-01 10:00 UTC |" in page
+    assert _summary_rows(page) == [("part1_x/01_a.html", "01 · Title of 01_a", [1, 1, 0, 1], "fast, 2026-12-01 10:00"),
+                                   ("part1_x/02_b.html", "02 · Title of 02_b", [1, 0, 1, 0], "fast, 2026-12-01 10:00")]
     assert "a | pipe &amp; &lt;tag&gt;" in page and "<tag>" not in page
-    assert page.count("href='part1_x/02_b.html'") == 2 and page.count("<tr data-chapter=") == 5
+    assert page.count("href='part1_x/02_b.html'") == 3 and page.count("<tr data-chapter=") == 5
     assert dashboard_markdown([]).count("0 claims in 0 chapters") == 1
 
 
@@ -253,6 +254,19 @@ def test_badge_colours_agree_between_the_dashboard_and_the_chapters():
     assert "✓ yes" in verdict_badge(True) and "✗ no" in verdict_badge(False) and "– n/a" in verdict_badge(None)
     with pytest.raises(ValueError):
         verdict_badge("maybe")
+
+
+def _cells(tr: str) -> list[str]:
+    return [html_lib.unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", tr, re.S)]
+
+
+def _summary_rows(page: str) -> list[tuple[str, str, list[int], str]]:
+    """(link, chapter, [yes, partly, no, n/a], run) of every row of the dashboard's summary table."""
+    out = []
+    for tr in re.findall(r"<tr data-summary=.*?</tr>", page, re.S):
+        cells = _cells(tr)
+        out.append((re.search(r"href=['\"]([^'\"]+)['\"]", tr).group(1), cells[0], [int(c) for c in cells[1:-1]], cells[-1]))
+    return out
 
 
 def _table_rows(page: str) -> list[tuple[str, str, str, str, str]]:
@@ -277,6 +291,9 @@ def test_built_dashboard_matches_the_results_files(built_book: dict, staged: Pat
     assert _table_rows(page) == expected
     for href, *_ in expected:
         assert (html / "book" / href).exists(), f"the dashboard links {href}, which the book lacks"
+    summary = [(Path(os.path.relpath(t["page"], "book")).with_suffix(".html").as_posix(),
+                [sum(r["reproduced"] == v for r in t["rows"]) for v in VERDICT_ORDER], t["profile"]) for t in results]
+    assert [(link, n, run.split(",")[0]) for link, _, n, run in _summary_rows(page)] == summary
     text = html_lib.unescape(re.sub(r"<[^>]+>", "", page))
     counts = {v: sum(r[1] == v for r in expected) for v in VERDICT_ORDER}
     assert f"{len(expected)} claims in {len(results)} chapters" in text

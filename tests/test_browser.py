@@ -6,7 +6,9 @@ A page fails on
   the visible text outside code, or a MathJax error;
 - a Markdown table shown as text (its ``|---|`` rule, or rows of ``| cells |``, in the visible text);
 - a console error (a script error, a resource that failed to load);
-- an image drawn wider than it is shown by more than IMAGE_SLACK (at 1280 px: its labels shrink);
+- an image drawn wider than it is shown by more than IMAGE_SLACK (at 1280 px: its labels shrink;
+  "drawn" is the width the page asks for, its natural width unless a width is set, as myst-nb
+  sets half the pixels of a high-density figure);
 - a results table (a chapter's, the dashboard's) whose verdict column is cut off at 400 px.
 
 The book loads MathJax from a CDN, which these machines cannot reach: the test's server rewrites
@@ -176,7 +178,7 @@ for (const e of document.querySelectorAll(".merror, mjx-merror, .MathJax_Error")
   problems.push(`MathJax could not typeset: "${e.textContent.slice(0, 120)}"`);
 const images = [...article.querySelectorAll("img")].filter(i => i.getClientRects().length && !i.closest("details:not([open])"));
 const shown = images.map(i => ({src: i.getAttribute("src"), natural: i.naturalWidth, complete: i.complete,
-                                drawn: parseFloat(i.getAttribute("width")) || i.naturalWidth,
+                                drawn: parseFloat(i.style.width) || parseFloat(i.getAttribute("width")) || i.naturalWidth,
                                 shown: i.getBoundingClientRect().width}));
 return {problems: problems, images: shown, width: window.innerWidth};
 """

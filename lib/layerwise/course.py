@@ -190,7 +190,7 @@ def _badge(verdict: str) -> str:
 
 def _when(meta: dict) -> str:
     try:
-        return dt.datetime.fromisoformat(meta["created"]).strftime("%Y-%m-%d %H:%M UTC")
+        return dt.datetime.fromisoformat(meta["created"]).strftime("%Y-%m-%d %H:%M")
     except (KeyError, TypeError, ValueError):
         return "unknown"
 
@@ -209,23 +209,28 @@ def dashboard_markdown(results: list[dict], page: str = DASHBOARD.as_posix()) ->
            "(`python -m layerwise.course dashboard`), from the `*.results.json` file each chapter "
            "saves, so it always shows the same run as the chapters.", "",
            f"**Over the course:** {total} claims in {len(results)} chapters: "
-           + " · ".join(f"{_badge(v)} {counts[v]}" for v in VERDICT_ORDER) + ".", "",
-           "| chapter | claims | " + " | ".join(f"{VERDICT_SYMBOLS[v]} {v}" for v in VERDICT_ORDER)
-           + " | profile | run |",
-           "|---|---|" + "---|" * len(VERDICT_ORDER) + "---|---|"]
+           + " · ".join(f"{_badge(v)} {counts[v]}" for v in VERDICT_ORDER) + ".", ""]
+    cell = "padding:0.3em 0.45em;border-bottom:1px solid #d0d7de;text-align:left;vertical-align:top"
+    num = cell.replace("text-align:left", "text-align:right")
+    heads = ["chapter"] + [f"{VERDICT_SYMBOLS[v]} {v}" for v in VERDICT_ORDER] + ["run"]
+    rows = ["<tr>" + "".join(f"<th style='{cell if h == 'chapter' else num}'>{html.escape(h)}</th>"
+                             for h in heads) + "</tr>"]
     for t in results:
-        link = Path(os.path.relpath(t["page"], here)).as_posix()
+        href = html.escape(Path(os.path.relpath(t["page"], here)).with_suffix(".html").as_posix())
         n = {v: sum(r["reproduced"] == v for r in t["rows"]) for v in VERDICT_ORDER}
-        title = t["title"].replace("|", "\\|").replace("[", "\\[").replace("]", "\\]")
         number = t["chapter"].split("_", 1)[0]
-        out.append(f"| [{number} · {title}]({link}) | {len(t['rows'])} | " + " | ".join(str(n[v]) for v in VERDICT_ORDER)
-                   + f" | {t['profile']} | {_when(t.get('meta', {}))} |")
+        rows.append(f"<tr data-summary='{html.escape(t['chapter'])}'><td style='{cell}'><a href='{href}'>"
+                    f"{number} · {html.escape(t['title'])}</a></td>"
+                    + "".join(f"<td style='{num}'>{n[v]}</td>" for v in VERDICT_ORDER)
+                    + f"<td style='{num}'>{html.escape(t['profile'])}, {_when(t.get('meta', {}))}</td></tr>")
+    out.append("<table class='layerwise-dashboard-summary' style='width:100%;border-collapse:collapse;"
+               "font-size:0.9em'>" + "".join(rows) + "</table>")
     out += ["", "## Every claim", "",
             "The verdict follows each chapter's stated rule (statistical claims: "
             "`layerwise.core.compare` over seeds; exact claims: the tolerance the claim states). "
             "Follow a chapter's link for the experiment behind each row.", ""]
-    cell = "padding:0.35em 0.5em;border-bottom:1px solid #d0d7de;text-align:left;vertical-align:top"
-    heads = ("chapter", "reproduced?", "claim", "paper", "ours")
+    cell = "padding:0.3em 0.4em;border-bottom:1px solid #d0d7de;text-align:left;vertical-align:top"
+    heads = ("ch.", "reproduced?", "claim", "paper", "ours")
     rows = [f"<tr>{''.join(f'<th style={chr(34)}{cell}{chr(34)}>{h}</th>' for h in heads)}</tr>"]
     for t in results:
         href = html.escape(Path(os.path.relpath(t["page"], here)).with_suffix(".html").as_posix())

@@ -28,13 +28,13 @@ BOOK_STYLE = {
     "figure.figsize": (COLUMN_WIDTH, 0.6 * COLUMN_WIDTH),
     "figure.dpi": BOOK_DPI,
     "savefig.dpi": 2 * BOOK_DPI,
-    "font.size": 11,
-    "axes.titlesize": 11.5,
-    "axes.labelsize": 11,
-    "xtick.labelsize": 10,
-    "ytick.labelsize": 10,
-    "legend.fontsize": 10,
-    "figure.titlesize": 12,
+    "font.size": 10,
+    "axes.titlesize": 10.5,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 9,
+    "figure.titlesize": 11,
 }
 
 
