@@ -6,6 +6,7 @@ A page fails on
   the visible text outside code, or a MathJax error;
 - a Markdown table shown as text (its ``|---|`` rule, or rows of ``| cells |``, in the visible text);
 - a console error (a script error, a resource that failed to load);
+- an image shown distorted (its aspect ratio changed), at either width;
 - an image drawn wider than it is shown by more than IMAGE_SLACK (at 1280 px: its labels shrink;
   "drawn" is the width the page asks for, its natural width unless a width is set, as myst-nb
   sets half the pixels of a high-density figure);
@@ -183,6 +184,14 @@ const shown = images.map(i => ({src: i.getAttribute("src"), natural: i.naturalWi
 return {problems: problems, images: shown, width: window.innerWidth};
 """
 
+DISTORTED = r"""
+return [...document.querySelectorAll("article img")].filter(i => i.getClientRects().length && i.naturalWidth)
+  .filter(i => { const r = i.getBoundingClientRect();
+                 return r.height > 0 && Math.abs((r.width / r.height) / (i.naturalWidth / i.naturalHeight) - 1) > 0.03; })
+  .map(i => { const r = i.getBoundingClientRect();
+              return `shown ${Math.round(r.width)}×${Math.round(r.height)} px, drawn ${i.naturalWidth}×${i.naturalHeight}: ${i.getAttribute("src")}`; });
+"""
+
 VERDICT_COLUMNS = r"""
 const problems = [];
 const vw = document.documentElement.clientWidth;
@@ -263,6 +272,7 @@ def check_book(html: Path, pages: list[str], screenshots: Path | None = None) ->
                     time.sleep(0.1)
                 seen = driver.execute_script(READ_PAGE)
                 problems += seen["problems"]
+                problems += [f"an image is distorted at 1280 px: {p}" for p in driver.execute_script(DISTORTED)]
                 for img in seen["images"]:
                     if img["complete"] and img["natural"] == 0:
                         problems.append(f"an image did not load: {img['src']}")
@@ -274,6 +284,7 @@ def check_book(html: Path, pages: list[str], screenshots: Path | None = None) ->
                 _screen(driver, *WIDTHS["phone"])
                 time.sleep(0.2)
                 problems += driver.execute_script(VERDICT_COLUMNS)
+                problems += [f"an image is distorted at 400 px: {p}" for p in driver.execute_script(DISTORTED)]
                 if screenshots:
                     _screenshot(driver, screenshots / f"{page.replace('/', '__')}-400.png", 400, True)
                 for entry in driver.get_log("browser"):
