@@ -52,9 +52,9 @@ from layerwise.diffusion.schedule import ddim_inversion_step, ddim_step, make_sc
 
 __all__ = ["MODES", "SDXL_SCHEDULE", "key_masked_attention", "latent_blend", "dilate_mask", "paste_layer",
            "masking_guidance", "token_keep", "KeyMask", "DiTKeyMaskProcessor", "DiffusersKeyMaskProcessor",
-           "install_key_masking", "ConditionedUNet", "LatentVAE", "sdxl_parts", "DDIMPlan", "ddim_plan",
+           "install_key_masking", "hole_attention", "ConditionedUNet", "LatentVAE", "sdxl_parts", "DDIMPlan", "ddim_plan",
            "Inversion", "invert_source", "Removal", "remove_object", "transform_layer", "Edit", "edit_layer",
-           "paste_baseline", "region_psnr", "residue", "default_steps"]
+           "paste_baseline", "harmonic_fill", "region_psnr", "residue", "removal_scores", "default_steps"]
 
 #: How :func:`key_masked_attention` hides tokens: "keys" (soft, the official code), "hard" (−∞ logits),
 #: "queries" and "values" (the paper's ablation).
@@ -455,6 +455,61 @@ def install_key_masking(model, state: KeyMask) -> Iterator[KeyMask]:
         unet.set_attn_processor(old)
 
 
+class _Recorder(DiTKeyMaskProcessor):
+    """A :class:`DiTKeyMaskProcessor` that also records how much attention the hole's queries pay to
+    the hole's keys (see :func:`hole_attention`)."""
+
+    def __init__(self, state: KeyMask, hole: Tensor, shares: list):
+        super().__init__(state)
+        self.hole, self.shares = hole, shares
+
+    def __call__(self, attn, x: Tensor, angles: Tensor | None, mask: Tensor | None) -> Tensor:
+        q, k, v = attn.split(x, angles)
+        inside = token_keep(self.hole, x.shape[1], "hard") == 0                  # (B, N): tokens the hole touches
+        keep = self.state.keep(x.shape[1], x.shape[0], q.dtype, x.device)
+        qq, kk, bias = q, k, 0.0
+        if keep is not None:
+            w = keep[:, None, :, None]
+            mode = self.state.mode
+            kk = k * w if mode == "keys" else k
+            qq = q * w if mode == "queries" else q
+            if mode == "hard":
+                bias = torch.zeros_like(keep).masked_fill(keep == 0, float("-inf"))[:, None, None, :]
+        weights = ((qq @ kk.transpose(-1, -2)) / math.sqrt(q.shape[-1]) + bias).softmax(-1)   # (B, heads, N, N)
+        on_hole = (weights * inside[:, None, None, :]).sum(-1).mean(1)                     # (B, N)
+        share = (on_hole * inside).sum(1) / inside.sum(1).clamp_min(1)
+        self.shares.append(share)
+        out = attn.attend(q, k, v, mask) if keep is None else key_masked_attention(q, k, v, keep, self.state.mode)
+        return out if keep is None else attn.proj(out.transpose(1, 2).flatten(2))
+
+
+@torch.no_grad()
+def hole_attention(model, x: Tensor, t: int, hole: Tensor, mode: str | None = None) -> Tensor:
+    """How much of their attention the hole's tokens pay to the hole itself, in each block of a TinyDiT.
+
+    x: ``(B, C, H, W)`` the model's input at timestep ``t``; hole: ``(B, 1, H, W)``. The hole's tokens
+    are those it touches; for each block, the attention weight that their queries put on those keys,
+    summed over the keys and averaged over heads, queries and images. ``mode=None`` is the plain model;
+    a mode of :data:`MODES` masks the hole as :func:`remove_object` does. Returns ``(depth,)``.
+    """
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise TypeError(f"model must be a TinyDiT, got {type(model).__name__}")
+    x = _tensor(x, "x", 4, "(B, C, H, W)")
+    hole = _mask4(hole, "hole", like=x)
+    state = KeyMask(hide=None if mode is None else hole, mode="keys" if mode is None else _mode(mode))
+    shares: list[Tensor] = []
+    old = [b.attn.processor for b in blocks]
+    try:
+        for b in blocks:
+            b.attn.processor = _Recorder(state, hole, shares)
+        _eps(model, x, t)
+    finally:
+        for b, p in zip(blocks, old):
+            b.attn.processor = p
+    return torch.stack(shares).mean(1)
+
+
 class ConditionedUNet(nn.Module):
     """A diffusers ``UNet2DConditionModel`` behind the course's denoiser interface ``model(x, t) → ε̂``,
     with its text conditioning fixed (one prompt for every image of the batch).
@@ -579,6 +634,23 @@ class Inversion:
     def reconstruction(self) -> Tensor:
         return self.source[-1]
 
+    def take(self, index: Sequence[int] | slice) -> "Inversion":
+        """The inversion of some images of the batch (an index list or a slice)."""
+        idx = _index(index, self.inverted[0].shape[0])
+        return Inversion(self.plan, [x[idx] for x in self.inverted], [x[idx] for x in self.source])
+
+
+def _index(index, n: int):
+    if isinstance(index, slice):
+        return index
+    try:
+        idx = [int(i) for i in index]
+    except TypeError:
+        raise TypeError(f"index must be a slice or a sequence of ints, got {type(index).__name__}") from None
+    if not idx or any(not -n <= i < n for i in idx):
+        raise ValueError(f"index must hold ints in [0, {n}), got {idx}")
+    return torch.tensor(idx)
+
 
 def _to_space(image: Tensor, ae) -> Tensor:
     return image * 2 - 1 if ae is None else ae.encode(image)
@@ -635,6 +707,12 @@ class Removal:
     hole: Tensor
     inversion: Inversion
     settings: dict
+
+    def take(self, index: Sequence[int] | slice) -> "Removal":
+        """The removal of some images of the batch (an index list or a slice)."""
+        idx = _index(index, self.image.shape[0])
+        return Removal(self.image[idx], [x[idx] for x in self.latents], self.hole[idx], self.inversion.take(idx),
+                       dict(self.settings))
 
 
 def _check_inversion(inversion, steps: int, x_shape) -> None:
@@ -782,7 +860,7 @@ class Edit:
 
 
 @torch.no_grad()
-def edit_layer(model, image: Tensor, mask: Tensor, *, shift: tuple[int, int] = (0, 0), scale: float = 1.0,
+def edit_layer(model, image: Tensor, mask: Tensor, *, shift=(0, 0), scale: float = 1.0,
                flip: bool = False, ae=None, steps: int = 50, fuse_at: int | None = None,
                removal: Removal | None = None, schedule: dict | None = None, progress: bool | None = None,
                **removal_kwargs) -> Edit:
@@ -790,18 +868,17 @@ def edit_layer(model, image: Tensor, mask: Tensor, *, shift: tuple[int, int] = (
 
     1. The background layer: :func:`remove_object` (or reuse ``removal``; keyword arguments go to it).
     2. The object layer: the image transformed at image level (:func:`transform_layer`: ``scale`` and
-       ``flip`` about the object's centroid), DDIM-inverted and reconstructed on its own.
+       ``flip`` about the object's centroid), DDIM-inverted and reconstructed on its own (a pure move
+       reuses the source's inversion: the layer is the source image itself).
     3. After step ``fuse_at`` (default 82 % of the steps: the official step 41 of 50) the object
-       layer's latent and its mask are shifted by ``shift = (dy, dx)`` image pixels (brought to the
-       model's grid) and pasted into the background's latent (:func:`paste_layer`); the remaining steps
-       denoise the fused canvas without masking (harmonisation).
+       layer's latent and its mask are shifted by ``shift = (dy, dx)`` image pixels (one pair, or one
+       per image; brought to the model's grid) and pasted into the background's latent
+       (:func:`paste_layer`); the remaining steps denoise the fused canvas without masking
+       (harmonisation).
     """
     image = _images(image)
     mask = _mask4(mask, "mask", like=image)
-    try:
-        dy, dx = (_int(v, "shift") for v in shift)
-    except TypeError:
-        raise TypeError(f"shift must be a pair of ints (dy, dx), got {shift!r}") from None
+    shifts = _shifts(shift, image.shape[0])
     steps = _int(steps, "steps", 1, 1000)
     if removal is None:
         removal = remove_object(model, image, mask, ae=ae, steps=steps, schedule=schedule, return_details=True,
@@ -814,36 +891,92 @@ def edit_layer(model, image: Tensor, mask: Tensor, *, shift: tuple[int, int] = (
         raise ValueError(f"removal has {len(removal.latents)} steps but steps={steps}")
     fuse_at = min(default_steps(steps, 0.82), steps - 1) if fuse_at is None else _int(fuse_at, "fuse_at", 0, steps - 1)
     layer_image, layer_mask = transform_layer(image, mask, scale=scale, flip=flip)
-    layer = invert_source(model, layer_image, ae=ae, steps=steps, schedule=schedule, progress=progress)
+    if scale == 1.0 and not flip:
+        layer = removal.inversion
+    else:
+        layer = invert_source(model, layer_image, ae=ae, steps=steps, schedule=schedule, progress=progress)
     plan = layer.plan
     space = tuple(removal.latents[0].shape[-2:])
     f_y, f_x = image.shape[-2] / space[0], image.shape[-1] / space[1]
     lm = _space_mask(layer_mask, space).to(removal.latents[0].dtype)
-    x, _ = paste_layer(removal.latents[fuse_at], layer.source[fuse_at], lm, round(dx / f_x), round(dy / f_y))
+    x, _ = _paste_each(removal.latents[fuse_at], layer.source[fuse_at], lm,
+                       [(round(dy / f_y), round(dx / f_x)) for dy, dx in shifts])
     for i in range(fuse_at + 1, steps):
         x = ddim_step(x, _eps(model, x, plan.timesteps[i]), plan.abar[i], plan.abar_prev[i])
-    return Edit(image=_from_space(x, ae), removal=removal, placed=_shift(layer_mask, dx, dy), layer=layer_image,
-                settings=dict(shift=(dy, dx), scale=scale, flip=flip, fuse_at=fuse_at, steps=steps))
+    placed = torch.cat([_shift(layer_mask[i:i + 1], dx, dy) for i, (dy, dx) in enumerate(shifts)])
+    return Edit(image=_from_space(x, ae), removal=removal, placed=placed, layer=layer_image,
+                settings=dict(shift=shifts, scale=scale, flip=flip, fuse_at=fuse_at, steps=steps))
 
 
-def paste_baseline(background: Tensor, image: Tensor, mask: Tensor, *, shift: tuple[int, int] = (0, 0),
-                   scale: float = 1.0, flip: bool = False) -> Tensor:
+def _shifts(shift, b: int) -> list[tuple[int, int]]:
+    """``shift``: one ``(dy, dx)`` for the batch or one pair per image → B pairs of ints."""
+    def pair(p):
+        try:
+            dy, dx = p
+        except (TypeError, ValueError):
+            raise TypeError(f"shift must be a pair of ints (dy, dx) or one pair per image, got {shift!r}") from None
+        return _int(dy, "shift"), _int(dx, "shift")
+
+    if isinstance(shift, Tensor):
+        shift = shift.tolist()
+    shift = list(shift)
+    if len(shift) == 2 and not isinstance(shift[0], (list, tuple)):
+        return [pair(shift)] * b
+    if len(shift) != b:
+        raise ValueError(f"shift must be one (dy, dx) or {b} of them (one per image), got {len(shift)}")
+    return [pair(p) for p in shift]
+
+
+def _paste_each(canvas: Tensor, fg: Tensor, mask: Tensor, shifts: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+    """:func:`paste_layer` with one shift per image."""
+    if len(set(shifts)) == 1:
+        dy, dx = shifts[0]
+        return paste_layer(canvas, fg, mask, dx, dy)
+    parts = [paste_layer(canvas[i:i + 1], fg[i:i + 1], mask[i:i + 1], dx, dy) for i, (dy, dx) in enumerate(shifts)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def paste_baseline(background: Tensor, image: Tensor, mask: Tensor, *, shift=(0, 0), scale: float = 1.0,
+                   flip: bool = False) -> Tensor:
     """Cut and paste in pixels, no diffusion: the transformed object (:func:`transform_layer`) shifted and
-    pasted onto ``background`` (B, 3, H, W) in [0, 1]: a removal result, or the source itself."""
+    pasted onto ``background`` (B, 3, H, W) in [0, 1]: a removal result, or the source itself.
+    ``shift``: one ``(dy, dx)`` or one per image."""
     image = _images(image)
     background = _images(background, "background")
     if background.shape != image.shape:
         raise ValueError(f"background {tuple(background.shape)} and image {tuple(image.shape)} must have the same shape")
     layer_image, layer_mask = transform_layer(image, mask, scale=scale, flip=flip)
-    dy, dx = (_int(v, "shift") for v in shift)
-    return paste_layer(background, layer_image, layer_mask, dx, dy)[0]
+    return _paste_each(background, layer_image, layer_mask, _shifts(shift, image.shape[0]))[0]
+
+
+def harmonic_fill(image: Tensor, hole: Tensor, iterations: int = 300) -> Tensor:
+    """A classical, training-free inpainting baseline *(ours)*: fill the hole with the harmonic function
+    that matches the image on the hole's border (each hole pixel becomes the mean of its four
+    neighbours; ``iterations`` Jacobi sweeps from the mean colour around the hole). For smooth
+    backgrounds this is the "predict from context" answer a diffusion model has to beat.
+
+    image: ``(B, 3, H, W)`` in [0, 1]; hole: ``(B, 1, H, W)`` (> 0.5 = fill). Returns the filled image.
+    """
+    image = _images(image)
+    hole = (_mask4(hole, "hole", like=image) > 0.5).to(image.dtype)
+    iterations = _int(iterations, "iterations", 0)
+    ring = dilate_mask(hole, 1) - hole
+    fill = (image * ring).sum((2, 3), keepdim=True) / ring.sum((2, 3), keepdim=True).clamp_min(1)
+    x = image * (1 - hole) + fill * hole
+    for _ in range(iterations):
+        p = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        mean = (p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]) / 4
+        x = image * (1 - hole) + mean * hole
+    return x
 
 
 # ----------------------------------------------------------------------------- metrics
 
 def region_psnr(pred: Tensor, target: Tensor, region: Tensor | None = None) -> Tensor:
     """Per-image PSNR (dB; images in [0, 1]) over ``region`` ``(B, 1, H, W)`` (weights in [0, 1];
-    None = everywhere): ``10 log10(1 / MSE)``, the MSE floored at 1e-10. Returns ``(B,)``."""
+    None = everywhere): ``10 log10(1 / MSE)``, the MSE floored at 1e-6, so an exact match reads 60 dB
+    (about what 8-bit rounding allows) rather than an arbitrary huge number that dominates averages.
+    Returns ``(B,)``."""
     pred, target = _images(pred, "pred"), _images(target, "target")
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
@@ -851,7 +984,7 @@ def region_psnr(pred: Tensor, target: Tensor, region: Tensor | None = None) -> T
     if not bool((w.flatten(1).sum(1) > 0).all()):
         raise ValueError("region is empty for some image")
     err = ((pred.double() - target.double()).pow(2) * w.double()).sum((1, 2, 3)) / (3 * w.double().sum((1, 2, 3)))
-    return (10 * torch.log10(1 / err.clamp_min(1e-10))).float()
+    return (10 * torch.log10(1 / err.clamp_min(1e-6))).float()
 
 
 def residue(result: Tensor, source: Tensor, background: Tensor, region: Tensor) -> Tensor:
@@ -866,3 +999,12 @@ def residue(result: Tensor, source: Tensor, background: Tensor, region: Tensor) 
     if not bool((made > 0).all()):
         raise ValueError("the source does not differ from the background inside region for some image")
     return ((result - background).abs() * w).sum((1, 2, 3)) / made
+
+
+def removal_scores(result: Tensor, source: Tensor, background: Tensor, hole: Tensor, obj: Tensor) -> dict[str, Tensor]:
+    """The chapter's three numbers for a removal, per image ``(B,)``: ``hole_psnr`` (inside the hole,
+    against the true background), ``outside_psnr`` (outside the hole, against the source: what the edit
+    should not touch) and ``residue`` (:func:`residue` over the object's mask ``obj``)."""
+    hole = _mask4(hole, "hole", like=_images(result, "result"))
+    return {"hole_psnr": region_psnr(result, background, hole), "outside_psnr": region_psnr(result, source, 1 - hole),
+            "residue": residue(result, source, background, obj)}
