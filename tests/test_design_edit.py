@@ -525,7 +525,20 @@ def test_inversion_of_a_zero_predictor_is_exact():
     inv = de.invert_source(model, img, steps=8, progress=False)
     assert len(inv.inverted) == 9 and len(inv.source) == 8
     assert torch.allclose((inv.reconstruction + 1) / 2, img, atol=1e-5)
+    assert torch.allclose((inv.plain_reconstruction + 1) / 2, img, atol=1e-5)
     assert torch.allclose(inv.inverted[-1], img * 2 - 1)
+    with pytest.raises(ValueError, match="proximal"):
+        de.invert_source(model, img, steps=2, proximal=2.0)
+
+
+def test_proximal_guidance_pulls_the_source_copy_towards_the_inversion():
+    model = _dit()
+    img, _ = _scene()
+    inv = de.invert_source(model, img, steps=8, progress=False)
+    off = de.invert_source(model, img, steps=8, proximal=0.0, progress=False)
+    assert torch.allclose(inv.plain_reconstruction, off.reconstruction, atol=1e-5)
+    target = img * 2 - 1
+    assert (inv.reconstruction - target).abs().mean() < (inv.plain_reconstruction - target).abs().mean()
 
 
 def test_removal_changes_only_the_hole_and_the_modes_differ():
