@@ -700,3 +700,26 @@ def test_hole_attention():
     assert all(b.attn.processor is None for b in model.blocks)
     with pytest.raises(TypeError, match="TinyDiT"):
         de.hole_attention(torch.nn.Linear(2, 2), x, 100, hole)
+
+
+def test_more_bad_input():
+    model = _dit()
+    img, mask = _scene()
+    with pytest.raises(ValueError, match="same shape"):
+        de.paste_baseline(img[:1], img, mask)
+    with pytest.raises(TypeError, match="shift"):
+        de.paste_baseline(img, img, mask, shift="left")
+    with pytest.raises(ValueError, match="fraction"):
+        de.default_steps(50, 1.5)
+    with pytest.raises(ValueError, match="steps"):
+        de.default_steps(0, 0.8)
+    with pytest.raises(ValueError, match="image"):
+        de.invert_source(model, img[:, :1], steps=2)
+    with pytest.raises(ValueError, match="hole"):
+        de.hole_attention(model, img * 2 - 1, 10, mask[..., :4])
+    with pytest.raises(ValueError, match="mode"):
+        de.hole_attention(model, img * 2 - 1, 10, mask, mode="k")
+    with pytest.raises(TypeError, match="index"):
+        de.invert_source(model, img, steps=2, progress=False).take(3)
+    with pytest.raises(ValueError, match="hole"):
+        de.removal_scores(img, img, img, mask[..., :4], mask)

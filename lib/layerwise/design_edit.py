@@ -934,6 +934,8 @@ def _shifts(shift, b: int) -> list[tuple[int, int]]:
 
     if isinstance(shift, Tensor):
         shift = shift.tolist()
+    if isinstance(shift, (str, bytes)) or not hasattr(shift, "__len__"):
+        raise TypeError(f"shift must be a pair of ints (dy, dx) or one pair per image, got {shift!r}")
     shift = list(shift)
     if len(shift) == 2 and not isinstance(shift[0], (list, tuple)):
         return [pair(shift)] * b
