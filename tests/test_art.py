@@ -560,6 +560,7 @@ def test_alpha_in_box_and_box_iou_known_cases():
     alpha = torch.zeros(1, 3, 8, 8)
     alpha[0, 0, 2:4, 2:6] = 1.0                          # 8 pixels, all inside (2, 2, 6, 4)
     alpha[0, 1, 0:2, 0:2] = 1.0                          # 4 pixels: 2 inside (1, 0, 8, 8)
+    alpha[0, 2, 5, 5] = 0.05                             # faint speckle only: ignored
     boxes = torch.tensor([[[2, 2, 6, 4], [1, 0, 8, 8], [0, 0, 8, 8]]])
     share = art.alpha_in_box(alpha, boxes)
     assert share.tolist() == [[1.0, 0.5, 1.0]]

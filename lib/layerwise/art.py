@@ -46,7 +46,8 @@ import torch
 from torch import Tensor, nn
 
 from layerwise.data.rgba import compose
-from layerwise.data.layouts import sprite_layout
+from layerwise.core.train import History, fit_steps
+from layerwise.data.layouts import layered_scenes, sprite_layout
 from layerwise.data.scene import Scene, stack_scenes
 from layerwise.diffusion.dit import DiTConfig, TinyDiT, patchify, unpatchify
 from layerwise.diffusion.schedule import make_scheduler, q_sample, sample
@@ -55,7 +56,7 @@ __all__ = ["GREY", "gray_encode", "gray_decode", "align_box", "token_boxes", "cr
            "layer_position_ids", "full_position_ids", "region_tokens", "attention_cost", "attention_matrix_bytes",
            "ARTConfig", "AnonymousRegionDiT", "RegionBatch", "scene_layers", "pack_regions", "unpack_regions",
            "pack_full", "unpack_full", "split_layers", "regional_eps_loss", "full_eps_loss", "generate",
-           "layered_batch", "heldout_eps", "psnr", "consistency_psnr", "alpha_in_box", "box_iou", "layer_metrics", "peak_bytes", "COST_CONFIG", "cost_layout", "cost_pass", "measure_cost",
+           "layered_batch", "fit_art", "heldout_eps", "psnr", "consistency_psnr", "alpha_in_box", "box_iou", "layer_metrics", "peak_bytes", "COST_CONFIG", "cost_layout", "cost_pass", "measure_cost",
            "POSITION_VARIANTS", "art_zoo_name"]
 
 #: The value a transparent pixel is encoded as (paper §3.1: layers are flattened over 50 % grey).
@@ -651,6 +652,36 @@ def generate(model: AnonymousRegionDiT, batch: RegionBatch, *, steps: int = 25, 
     return unpack(x, batch, cfg.patch, cfg.canvas)
 
 
+def fit_art(model: AnonymousRegionDiT, *, steps: int, scenes: dict, batch_size: int = 32, lr: float = 1e-3,
+            warmup: int = 100, cosine: bool = True, ema: float | None = 0.995, seed: int = 0, full: bool = False,
+            generator: torch.Generator, device: torch.device | str = "cpu", progress: bool | None = None,
+            desc: str = "ART ε-loss training") -> History:
+    """Train a layered generator with :func:`~layerwise.core.train.fit_steps` (AdamW, warm-up, a cosine decay if
+    ``cosine``, clipping at 1, EMA): every step draws ``batch_size`` fresh scenes (:func:`~layerwise.data.layouts.layered_scenes` with
+    ``scenes`` as its keyword arguments, seeded by ``seed`` and the step) and takes one step on
+    :func:`regional_eps_loss` (ART) or, with ``full=True``, :func:`full_eps_loss` over
+    :func:`pack_full` sequences (the baseline). Returns the :class:`~layerwise.core.train.History`."""
+    _int(steps, "steps", 0)
+    _int(batch_size, "batch_size")
+    if not isinstance(scenes, dict):
+        raise TypeError(f"scenes must be a dict of layered_scenes keyword arguments, got {type(scenes).__name__}")
+    device = torch.device(device)
+    model.to(device)
+    acp = make_scheduler("ddpm").alphas_cumprod.to(device)
+    patch = model.config.patch
+    loss = full_eps_loss if full else regional_eps_loss
+    pad = scenes.get("n_layers", (2, 6))
+    pad = pad if isinstance(pad, int) else pad[1]
+
+    def loss_fn(step: int) -> Tensor:
+        batch, _ = layered_batch(layered_scenes(batch_size, seed=seed * 100_003 + step, **scenes), patch,
+                                 max_layers=pad if full else None, full=full)
+        return loss(model, batch.to(device), acp, generator=generator)
+
+    return fit_steps(model, loss_fn, steps, lr=lr, warmup=warmup, cosine=cosine, clip=1.0, ema=ema,
+                     progress=progress, desc=desc)
+
+
 @torch.no_grad()
 def heldout_eps(model: AnonymousRegionDiT, batch: RegionBatch, *, generator: torch.Generator, repeats: int = 2,
                 chunk: int = 64) -> float:
@@ -693,9 +724,10 @@ def consistency_psnr(merged: Tensor, background: Tensor, layers: Tensor) -> Tens
     return psnr(merged, compose(background, layers))
 
 
-def alpha_in_box(alpha: Tensor, boxes: Tensor) -> Tensor:
-    """Share of each layer's alpha mass inside its pixel box: alpha ``(B, K, H, W)``, boxes ``(B, K, 4)``
-    → ``(B, K)`` in [0, 1] (1 for a layer with no alpha at all: nothing lies outside)."""
+def alpha_in_box(alpha: Tensor, boxes: Tensor, threshold: float = 0.1) -> Tensor:
+    """Share of each layer's alpha mass inside its pixel box, counting pixels with ``alpha > threshold``
+    (faint speckle below it is ignored): alpha ``(B, K, H, W)``, boxes ``(B, K, 4)`` → ``(B, K)`` in [0, 1]
+    (1 for a layer with nothing above the threshold: nothing lies outside)."""
     _float_tensor(alpha, "alpha", 4)
     if alpha.dim() != 4 or not isinstance(boxes, Tensor) or boxes.shape != (*alpha.shape[:2], 4):
         raise ValueError(f"alpha must be (B, K, H, W) and boxes (B, K, 4), got {tuple(alpha.shape)} and "
@@ -705,9 +737,10 @@ def alpha_in_box(alpha: Tensor, boxes: Tensor) -> Tensor:
     xs = torch.arange(w, device=alpha.device).view(1, 1, 1, w)
     bx = boxes.to(alpha.device)[..., None, None]
     inside = (xs >= bx[..., 0, :, :]) & (xs < bx[..., 2, :, :]) & (ys >= bx[..., 1, :, :]) & (ys < bx[..., 3, :, :])
-    total = alpha.sum((-2, -1))
-    share = (alpha * inside).sum((-2, -1)) / total.clamp_min(1e-8)
-    return torch.where(total > 1e-6, share, torch.ones_like(share))
+    mass = alpha * (alpha > threshold)
+    total = mass.sum((-2, -1))
+    share = (mass * inside).sum((-2, -1)) / total.clamp_min(1e-8)
+    return torch.where(total > 0, share, torch.ones_like(share))
 
 
 def box_iou(alpha: Tensor, boxes: Tensor, threshold: float = 0.1) -> Tensor:

@@ -24,17 +24,20 @@ __all__ = ["ART_BASE"]
 
 ART_BASE = dict(
     model=dict(channels=4, canvas=32, patch=4, dim=96, depth=4, heads=4, max_layers=8),
-    data=dict(size=32, n_layers=[2, 6], backgrounds=["flat", "gradient"], radius=[0.12, 0.25], glass_prob=0.2,
+    data=dict(size=32, n_layers=[2, 6], backgrounds=["flat", "gradient"], radius=[0.12, 0.25], glass_prob=0.1,
               seed=31),
-    batch_size=32, lr=1e-3, warmup=100, ema=0.995)
+    batch_size=16, lr=2e-3, warmup=100, cosine=True, ema=0.995)
 _HELD_OUT_SEED = 777
 _EVAL_N = 64
 
 
+def _scene_kwargs(data: dict) -> dict:
+    return dict(size=data["size"], n_layers=tuple(data["n_layers"]), backgrounds=tuple(data["backgrounds"]),
+                radius=tuple(data["radius"]), glass_prob=data["glass_prob"])
+
+
 def _scenes(data: dict, n: int, seed: int):
-    return layered_scenes(n, data["size"], seed=seed, n_layers=tuple(data["n_layers"]),
-                          backgrounds=tuple(data["backgrounds"]), radius=tuple(data["radius"]),
-                          glass_prob=data["glass_prob"])
+    return layered_scenes(n, seed=seed, **_scene_kwargs(data))
 
 
 def _max_layers(data: dict) -> int:
@@ -48,25 +51,16 @@ def _build(cfg: dict):
 
 
 def _fit(model, cfg, steps, generator, device, progress=None):
-    from layerwise.art import generate, heldout_eps, layer_metrics, layered_batch, regional_eps_loss
-    from layerwise.core.train import fit_steps
-    from layerwise.diffusion.schedule import make_scheduler
+    from layerwise.art import fit_art, generate, heldout_eps, layer_metrics, layered_batch
 
     data, patch = cfg["data"], cfg["model"]["patch"]
-    acp = make_scheduler("ddpm").alphas_cumprod.to(device)
-    model.to(device)
-
-    def loss_fn(step: int):
-        batch, _ = layered_batch(_scenes(data, cfg["batch_size"], data["seed"] * 100_003 + step), patch)
-        return regional_eps_loss(model, batch.to(device), acp, generator=generator)
-
-    hist = fit_steps(model, loss_fn, steps, lr=cfg["lr"], warmup=cfg["warmup"], clip=1.0, ema=cfg["ema"],
-                     progress=progress, desc="ART ε-loss training")
-    held, stacked = layered_batch(_scenes(data, 2 * _EVAL_N, _HELD_OUT_SEED), patch, max_layers=_max_layers(data))
+    hist = fit_art(model, steps=steps, scenes=_scene_kwargs(data), batch_size=cfg["batch_size"], lr=cfg["lr"],
+                   warmup=cfg["warmup"], cosine=cfg["cosine"], ema=cfg["ema"], seed=data["seed"], generator=generator, device=device,
+                   progress=progress)
+    held, _ = layered_batch(_scenes(data, 2 * _EVAL_N, _HELD_OUT_SEED), patch)
     metric = heldout_eps(model, held, generator=torch.Generator().manual_seed(0))
-    few = layered_batch(_scenes(data, 32, _HELD_OUT_SEED + 1), patch, max_layers=_max_layers(data))
-    canv = generate(model, few[0], steps=25, generator=torch.Generator().manual_seed(0))
-    m = layer_metrics(canv, few[1])
+    few, stacked = layered_batch(_scenes(data, 32, _HELD_OUT_SEED + 1), patch, max_layers=_max_layers(data))
+    m = layer_metrics(generate(model, few, steps=25, generator=torch.Generator().manual_seed(0)), stacked)
     tail = hist.loss[-100:]
     return {"metric": metric, "train_loss_last100": sum(tail) / max(1, len(tail)),
             "consistency_psnr_db": float(m["consistency_psnr"].mean()),
@@ -90,7 +84,7 @@ for _variant, (_axes, _pe) in POSITION_VARIANTS.items():
              "2d": "2-axis (y, x) rotary positions only (Table 5's 2D-RoPE)",
              "2d_pe": "2-axis (y, x) rotary positions + a learned layer embedding (Table 5's 2D-RoPE + LayerPE)"}[_variant]
     register(Recipe(
-        name=art_zoo_name(_variant), build=_build, fit=_fit, evaluate=_evaluate, config=_cfg, steps=1200, seed=31,
+        name=art_zoo_name(_variant), build=_build, fit=_fit, evaluate=_evaluate, config=_cfg, steps=2000, seed=31,
         metric="heldout_eps_mse", tolerance=1.25,
         description=f"ART's anonymous-region DiT (pixel space, 32×32 RGBA layers, 4-px tokens): merged image + "
                     f"background + 2–6 sprite layers from a layout of boxes; {_what}; EMA"))
