@@ -624,3 +624,54 @@ def test_zoo_names():
     assert art.art_zoo_name("3d") == "art_sprites" and art.art_zoo_name("2d_pe") == "art_sprites_2d_pe"
     with pytest.raises(ValueError, match="variant"):
         art.art_zoo_name("4d")
+
+
+def test_attention_ablation_runs_both_models_per_seed():
+    cfg = dict(dim=48, heads=2, depth=1, max_layers=5)
+    got = art.attention_ablation(cfg, seeds=[0, 1], steps=2, scenes=dict(n_layers=(2, 3)), batch_size=4,
+                                 n_eval=3, ddim_steps=2, progress=False)
+    assert set(got) == {"regional", "full"}
+    for mode in got.values():
+        assert all(len(v) == 2 for v in mode.values())
+        assert all(0 <= v <= 1 for v in mode["stays_inside"] + mode["box_iou"])
+    with pytest.raises(ValueError, match="seeds"):
+        art.attention_ablation(cfg, seeds=[], steps=1, scenes={})
+
+
+def test_layout_image_draws_outlines():
+    img = art.layout_image(torch.tensor([[2, 2, 6, 5], [0, 0, 0, 0], [5, 1, 8, 8]]), 8)
+    assert img.shape == (4, 8, 8)
+    assert float(img[3, 2, 2]) == 1.0 and abs(float(img[3, 3, 3]) - 0.25) < 1e-6 and float(img[3, 0, 0]) == 0.0
+    with pytest.raises(ValueError, match="outside"):
+        art.layout_image(torch.tensor([[2, 2, 9, 5]]), 8)
+
+
+def test_remaining_public_functions_name_their_bad_arguments(scenes):
+    batch, stacked = art.layered_batch(scenes, 4)
+    canv = art.scene_layers(stacked)[0]
+    m = art.AnonymousRegionDiT(art.ARTConfig(dim=48, heads=2, depth=1))
+    acp = make_scheduler("ddpm").alphas_cumprod
+    g = torch.Generator().manual_seed(0)
+    checks = [
+        (lambda: art.unpack_regions(batch.tokens[:, :3], batch, 4, 32), ValueError, "seq"),
+        (lambda: art.unpack_regions(batch.tokens, "batch", 4, 32), TypeError, "RegionBatch"),
+        (lambda: art.unpack_full(batch.tokens[:, :5], batch, 4, 32), ValueError, "seq"),
+        (lambda: art.pack_full(canv, stacked["boxes"], stacked["valid"], 4), ValueError, "valid_layers"),
+        (lambda: art.regional_eps_loss(m, {"tokens": 1}, acp, generator=g), TypeError, "RegionBatch"),
+        (lambda: art.generate(m, batch, steps=0, generator=g), ValueError, "steps"),
+        (lambda: art.heldout_eps(m, batch, generator=g, repeats=0), ValueError, "repeats"),
+        (lambda: art.fit_art(m, steps=-1, scenes={}, generator=g), ValueError, "steps"),
+        (lambda: art.fit_art(m, steps=1, scenes=[], generator=g), TypeError, "scenes"),
+        (lambda: art.fit_art(m, steps=1, scenes={}, batch_size=0, generator=g), ValueError, "batch_size"),
+        (lambda: art.consistency_psnr(stacked["image"], stacked["background"], stacked["layers"][:, 0]), ValueError, "layers"),
+        (lambda: art.box_iou(torch.ones(2, 3, 4, 4, dtype=torch.long), torch.zeros(2, 3, 4)), TypeError, "alpha"),
+        (lambda: art.box_iou(torch.ones(2, 3, 4, 4), torch.zeros(2, 2, 4)), ValueError, "boxes"),
+        (lambda: art.layer_metrics(canv, {"valid": stacked["valid"]}), ValueError, "stacked"),
+        (lambda: art.layer_metrics(canv[:, :3], stacked), ValueError, "foreground layers"),
+        (lambda: art.region_tokens(torch.zeros(3, 4)), TypeError, "integer"),
+        (lambda: art.cost_layout(0, generator=0), ValueError, "k"),
+        (lambda: art.layered_batch([], 4), ValueError, "scenes"),
+    ]
+    for fn, exc, match in checks:
+        with pytest.raises(exc, match=match):
+            fn()

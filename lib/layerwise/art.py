@@ -45,19 +45,24 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from layerwise.data.rgba import compose
 from layerwise.core.train import History, fit_steps
 from layerwise.data.layouts import layered_scenes, sprite_layout
+from layerwise.data.rgba import compose
 from layerwise.data.scene import Scene, stack_scenes
 from layerwise.diffusion.dit import DiTConfig, TinyDiT, patchify, unpatchify
 from layerwise.diffusion.schedule import make_scheduler, q_sample, sample
 
-__all__ = ["GREY", "gray_encode", "gray_decode", "align_box", "token_boxes", "crop_tokens", "fill_tokens",
-           "layer_position_ids", "full_position_ids", "region_tokens", "attention_cost", "attention_matrix_bytes",
-           "ARTConfig", "AnonymousRegionDiT", "RegionBatch", "scene_layers", "pack_regions", "unpack_regions",
-           "pack_full", "unpack_full", "split_layers", "regional_eps_loss", "full_eps_loss", "generate",
-           "layered_batch", "fit_art", "heldout_eps", "psnr", "consistency_psnr", "alpha_in_box", "box_iou", "layer_metrics", "peak_bytes", "COST_CONFIG", "cost_layout", "cost_pass", "measure_cost",
-           "POSITION_VARIANTS", "art_zoo_name"]
+__all__ = [
+    "GREY", "gray_encode", "gray_decode",
+    "align_box", "token_boxes", "region_tokens", "crop_tokens", "fill_tokens", "layer_position_ids", "full_position_ids",
+    "attention_cost", "attention_matrix_bytes",
+    "ARTConfig", "AnonymousRegionDiT", "POSITION_VARIANTS", "art_zoo_name",
+    "RegionBatch", "scene_layers", "pack_regions", "unpack_regions", "pack_full", "unpack_full", "split_layers",
+    "layered_batch",
+    "regional_eps_loss", "full_eps_loss", "fit_art", "generate", "heldout_eps",
+    "psnr", "consistency_psnr", "alpha_in_box", "box_iou", "layer_metrics", "layout_image", "attention_ablation",
+    "peak_bytes", "COST_CONFIG", "cost_layout", "cost_pass", "measure_cost",
+]
 
 #: The value a transparent pixel is encoded as (paper §3.1: layers are flattened over 50 % grey).
 GREY = 0.5
@@ -464,6 +469,13 @@ class RegionBatch:
         return self.valid.sum(1)
 
 
+def _check_batch(batch) -> "RegionBatch":
+    if not isinstance(batch, RegionBatch):
+        raise TypeError(f"batch must be a RegionBatch (from pack_regions / pack_full / layered_batch), "
+                        f"got {type(batch).__name__}")
+    return batch
+
+
 def scene_layers(batch: dict) -> tuple[Tensor, Tensor, Tensor]:
     """A :func:`~layerwise.data.scene.stack_scenes` batch as ART's layer stack.
 
@@ -529,6 +541,9 @@ def unpack_regions(seq: Tensor, batch: RegionBatch, patch: int, size) -> Tensor:
     """The inverse of :func:`pack_regions`: ``seq (B, N, D)`` → canvases ``(B, L, C, H, W)`` in [0, 1],
     each layer's outside set to the empty value (grey, alpha 0)."""
     _float_tensor(seq, "seq", 3)
+    _check_batch(batch)
+    if seq.shape[:2] != batch.tokens.shape[:2]:
+        raise ValueError(f"seq must have shape (B, N) = {tuple(batch.tokens.shape[:2])} in front, got {tuple(seq.shape)}")
     h, w = _size(size)
     b, n_layers = batch.boxes.shape[:2]
     d = seq.shape[-1]
@@ -569,6 +584,10 @@ def pack_full(canvases: Tensor, boxes: Tensor, valid_layers: Tensor, patch: int)
 def unpack_full(seq: Tensor, batch: RegionBatch, patch: int, size) -> Tensor:
     """``seq (B, L·h·w, D)`` of :func:`pack_full` → canvases ``(B, L, C, H, W)`` in [0, 1], as generated
     (nothing is overwritten: what the model puts outside a box stays there)."""
+    _float_tensor(seq, "seq", 3)
+    _check_batch(batch)
+    if seq.shape[:2] != batch.tokens.shape[:2]:
+        raise ValueError(f"seq must have shape (B, N) = {tuple(batch.tokens.shape[:2])} in front, got {tuple(seq.shape)}")
     h, w = _size(size)
     b, n_layers = batch.boxes.shape[:2]
     d = seq.shape[-1]
@@ -612,6 +631,7 @@ def regional_eps_loss(model: AnonymousRegionDiT, batch: RegionBatch, alphas_cump
 
     One timestep per item: all layers of a design are noised and denoised together. The official
     training code was withdrawn, so the loss and its weighting are our reading *(ours)*."""
+    _check_batch(batch)
     x0 = batch.tokens
     b = x0.shape[0]
     if t is None:
@@ -638,6 +658,7 @@ def generate(model: AnonymousRegionDiT, batch: RegionBatch, *, steps: int = 25, 
     RGBA layers). ``full=True`` for a model trained on :func:`pack_full` sequences.
     """
     _int(steps, "steps")
+    _check_batch(batch)
     device = next(model.parameters()).device
     batch = batch.to(device)
     cfg = model.config
@@ -688,6 +709,7 @@ def heldout_eps(model: AnonymousRegionDiT, batch: RegionBatch, *, generator: tor
     """Mean ε-loss of ``model`` on ``batch`` (its real tokens) over ``repeats`` draws of timesteps and
     noise from ``generator``: two models given generators with the same seed see the same draws."""
     _int(repeats, "repeats")
+    _check_batch(batch)
     device = next(model.parameters()).device
     acp = make_scheduler("ddpm").alphas_cumprod.to(device)
     was = model.training
@@ -747,6 +769,9 @@ def box_iou(alpha: Tensor, boxes: Tensor, threshold: float = 0.1) -> Tensor:
     """IoU of the tight box of ``alpha > threshold`` with the requested pixel box, per layer: alpha
     ``(B, K, H, W)``, boxes ``(B, K, 4)`` → ``(B, K)`` (0 for a layer with nothing above the threshold)."""
     _float_tensor(alpha, "alpha", 4)
+    if alpha.dim() != 4 or not isinstance(boxes, Tensor) or boxes.shape != (*alpha.shape[:2], 4):
+        raise ValueError(f"alpha must be (B, K, H, W) and boxes (B, K, 4), got {tuple(alpha.shape)} and "
+                         f"{tuple(getattr(boxes, 'shape', ()))}")
     on = alpha > threshold
     h, w = alpha.shape[-2:]
     rows, cols = on.any(-1), on.any(-2)
@@ -770,12 +795,76 @@ def layer_metrics(canvases: Tensor, stacked: dict, *, inside: float = 0.95) -> d
     ``consistency_psnr (B,)``: :func:`consistency_psnr`; ``in_box (M,)``: :func:`alpha_in_box` of the M
     real layers against their tight (unaligned) pixel boxes, and ``stays_inside (M,)`` = ``in_box >=
     inside``; ``box_iou (M,)``: :func:`box_iou` with the requested box."""
+    if not isinstance(stacked, dict) or not {"valid", "boxes"} <= set(stacked):
+        raise ValueError("stacked must be the stack_scenes(...) dict of the layouts (with valid and boxes)")
     merged, bg, layers = split_layers(canvases)
+    if stacked["valid"].shape != layers.shape[:2]:
+        raise ValueError(f"canvases hold {layers.shape[1]} foreground layers but stacked has {stacked['valid'].shape[1]}")
     valid = stacked["valid"].to(layers.device)
     boxes = stacked["boxes"].to(layers.device)
     share = alpha_in_box(layers[:, :, 3], boxes)[valid]
     return {"consistency_psnr": consistency_psnr(merged, bg, layers), "in_box": share,
             "stays_inside": share >= inside, "box_iou": box_iou(layers[:, :, 3], boxes)[valid]}
+
+
+def attention_ablation(config: dict, *, seeds: Sequence[int], steps: int, scenes: dict, batch_size: int = 32,
+                       lr: float = 2e-3, warmup: int = 100, ema: float | None = 0.995, n_eval: int = 64,
+                       ddim_steps: int = 25, device: torch.device | str = "cpu",
+                       progress: bool | None = None) -> dict[str, dict[str, list[float]]]:
+    """Table 4 at our scale: for each seed, train ART (regional sequences) and the full-attention baseline
+    (every layer at full canvas size, told its box through a box embedding) with the same settings
+    (:func:`fit_art`), then sample both on the same ``n_eval`` held-out layouts.
+
+    config: :class:`ARTConfig` keyword arguments (``box_embedding`` is set per model). Returns
+    ``{"regional": {...}, "full": {...}}``, each a dict of per-seed lists: ``consistency_psnr``,
+    ``stays_inside``, ``box_iou`` (means over the layouts' layers) and ``seconds`` (training time)."""
+    if not seeds:
+        raise ValueError("seeds must name at least one seed")
+    pad = scenes.get("n_layers", (2, 6))
+    pad = pad if isinstance(pad, int) else pad[1]
+    out = {m: {k: [] for k in ("consistency_psnr", "stays_inside", "box_iou", "seconds")} for m in ("regional", "full")}
+    for seed in seeds:
+        held = layered_scenes(n_eval, seed=10_000 + int(seed), **scenes)
+        for mode in ("regional", "full"):
+            full = mode == "full"
+            torch.manual_seed(int(seed))
+            model = AnonymousRegionDiT(ARTConfig(**{**config, "box_embedding": full}))
+            t0 = time.perf_counter()
+            fit_art(model, steps=steps, scenes=scenes, batch_size=batch_size, lr=lr, warmup=warmup, ema=ema,
+                    seed=int(seed), full=full, generator=torch.Generator().manual_seed(int(seed)), device=device,
+                    progress=progress, desc=f"{mode} attention, seed {seed}")
+            seconds = time.perf_counter() - t0
+            batch, stacked = layered_batch(held, model.config.patch, max_layers=pad, full=full)
+            canv = generate(model, batch, steps=ddim_steps, generator=torch.Generator().manual_seed(int(seed)), full=full)
+            m = layer_metrics(canv.cpu(), stacked)
+            for key in ("consistency_psnr", "stays_inside", "box_iou"):
+                out[mode][key].append(float(m[key].float().mean()))
+            out[mode]["seconds"].append(seconds)
+    return out
+
+
+def layout_image(boxes: Tensor, size, *, colors: Tensor | None = None, fill: float = 0.25) -> Tensor:
+    """An anonymous region layout drawn as an RGBA image ``(4, H, W)``: each pixel box ``(x0, y0, x1, y1)`` of
+    ``boxes (K, 4)`` as a one-pixel outline and a faint fill (``fill`` = its alpha) in its own colour (a
+    colour wheel unless ``colors (K, 3)`` is given). Empty boxes are skipped."""
+    h, w = _size(size)
+    b = _boxes(boxes, grid=(h, w))
+    k = b.shape[0]
+    if colors is None:
+        hue = torch.arange(k, dtype=torch.float32) / max(k, 1)
+        colors = torch.stack([0.5 + 0.5 * torch.cos(2 * math.pi * (hue + o)) for o in (0.0, 1 / 3, 2 / 3)], 1)
+    img = torch.zeros(4, h, w)
+    for (x0, y0, x1, y1), c in zip(b.tolist(), colors):
+        if x1 <= x0 or y1 <= y0:
+            continue
+        region = torch.zeros(h, w, dtype=torch.bool)
+        region[y0:y1, x0:x1] = True
+        edge = region.clone()
+        edge[y0 + 1:y1 - 1, x0 + 1:x1 - 1] = False
+        a = torch.where(edge, 1.0, torch.where(region, fill, 0.0))
+        img[:3] = torch.where(a > img[3], c.view(3, 1, 1) * torch.ones(3, h, w), img[:3])
+        img[3] = torch.maximum(img[3], a)
+    return img
 
 
 # ----------------------------------------------------------------------------- measuring the cost
