@@ -35,9 +35,12 @@ is absent: it contributes no tokens, as the official ``None`` box).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
+import os
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
@@ -50,7 +53,8 @@ from layerwise.data.layouts import layered_scenes, sprite_layout
 from layerwise.data.rgba import compose
 from layerwise.data.scene import Scene, stack_scenes
 from layerwise.diffusion.dit import DiTConfig, TinyDiT, patchify, unpatchify
-from layerwise.diffusion.schedule import make_scheduler, q_sample, sample
+from layerwise.core.env import progress_bar
+from layerwise.diffusion.schedule import ddim_step, make_scheduler, predict_x0, q_sample
 
 __all__ = [
     "GREY", "gray_encode", "gray_decode",
@@ -650,24 +654,34 @@ def full_eps_loss(model: AnonymousRegionDiT, batch: RegionBatch, alphas_cumprod:
 
 @torch.no_grad()
 def generate(model: AnonymousRegionDiT, batch: RegionBatch, *, steps: int = 25, generator: torch.Generator,
-             full: bool = False, eta: float = 0.0, progress: bool | None = False) -> Tensor:
+             full: bool = False, clip: bool = True, progress: bool | None = False) -> Tensor:
     """Sample a layer stack for each layout of ``batch`` (only its boxes, positions and masks are used):
-    DDIM from pure noise over the packed sequence, then written back into canvases.
+    deterministic DDIM from pure noise over the packed sequence, then written back into canvases.
 
-    Returns ``(B, L, 4, H, W)`` in [0, 1] (:func:`split_layers` turns it into merged, background and
-    RGBA layers). ``full=True`` for a model trained on :func:`pack_full` sequences.
+    With ``clip`` each step's estimate of the clean sequence, ``x̂₀``, is clipped to the data's range
+    [-1, 1] and the step taken from the clipped estimate (the original DDPM sampler's clipping; ours,
+    for a small pixel-space model). Returns ``(B, L, 4, H, W)`` in [0, 1] (:func:`split_layers` turns
+    it into merged, background and RGBA layers). ``full=True`` for a model trained on :func:`pack_full`.
     """
     _int(steps, "steps")
     _check_batch(batch)
     device = next(model.parameters()).device
     batch = batch.to(device)
     cfg = model.config
-
-    def denoiser(x, t, cond=None):
-        return model(x, t, batch.pos_ids, batch.valid, batch.in_box)
-
-    x = sample(denoiser, tuple(batch.tokens.shape), steps=steps, eta=eta, generator=generator, device=device,
-               progress=progress)
+    scheduler = make_scheduler("ddim")
+    scheduler.set_timesteps(steps)
+    acp = scheduler.alphas_cumprod.to(device)
+    x = torch.randn(tuple(batch.tokens.shape), generator=generator).to(device)
+    timesteps = scheduler.timesteps.tolist()
+    for i, t in enumerate(progress_bar(timesteps, desc="DDIM sampling", enabled=progress)):
+        tt = torch.full((x.shape[0],), int(t), device=device, dtype=torch.long)
+        eps = model(x, tt, batch.pos_ids, batch.valid, batch.in_box)
+        abar, abar_prev = acp[int(t)], (acp[int(timesteps[i + 1])] if i + 1 < len(timesteps) else acp.new_tensor(1.0))
+        x0 = predict_x0(x, eps, abar)
+        if clip:
+            x0 = x0.clamp(-1.0, 1.0)
+            eps = (x - abar.sqrt() * x0) / (1 - abar).sqrt()
+        x = ddim_step(x, eps, abar, abar_prev) if i + 1 < len(timesteps) else x0
     x = torch.where(batch.valid[..., None], x, torch.zeros_like(x))
     unpack = unpack_full if full else unpack_regions
     return unpack(x, batch, cfg.patch, cfg.canvas)
@@ -706,21 +720,29 @@ def fit_art(model: AnonymousRegionDiT, *, steps: int, scenes: dict, batch_size: 
 @torch.no_grad()
 def heldout_eps(model: AnonymousRegionDiT, batch: RegionBatch, *, generator: torch.Generator, repeats: int = 2,
                 chunk: int = 64) -> float:
-    """Mean ε-loss of ``model`` on ``batch`` (its real tokens) over ``repeats`` draws of timesteps and
-    noise from ``generator``: two models given generators with the same seed see the same draws."""
+    """Mean ε-loss of ``model`` on ``batch`` (its real tokens) over ``repeats`` draws of timesteps and noise
+    from ``generator``: two models given generators with the same seed see the same draws.
+
+    The timesteps are *stratified*: in each repeat the B items get one timestep from each of B equal
+    slices of [0, T), in random order. The estimate is unbiased like uniform draws, with far less
+    variance (the loss at small t is many times the loss at large t)."""
     _int(repeats, "repeats")
     _check_batch(batch)
     device = next(model.parameters()).device
     acp = make_scheduler("ddpm").alphas_cumprod.to(device)
+    n, steps = batch.tokens.shape[0], len(acp)
     was = model.training
     model.eval()
     total, weight = 0.0, 0.0
     for _ in range(repeats):
-        for i in range(0, batch.tokens.shape[0], chunk):
+        strata = ((torch.arange(n) + torch.rand(n, generator=generator, dtype=torch.float64)) * steps / n).long()
+        t_all = strata.clamp(max=steps - 1)[torch.randperm(n, generator=generator)]
+        for i in range(0, n, chunk):
             part = RegionBatch(*(x[i:i + chunk] for x in (batch.tokens, batch.pos_ids, batch.valid, batch.boxes,
                                                           batch.in_box))).to(device)
             w = float(part.valid.sum())
-            total += float(regional_eps_loss(model, part, acp, generator=generator)) * w
+            loss = regional_eps_loss(model, part, acp, generator=generator, t=t_all[i:i + chunk].to(device))
+            total += float(loss) * w
             weight += w
     model.train(was)
     return total / weight
@@ -869,6 +891,27 @@ def layout_image(boxes: Tensor, size, *, colors: Tensor | None = None, fill: flo
 
 # ----------------------------------------------------------------------------- measuring the cost
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the process's C-level stderr (file descriptor 2) for a moment: some builds of PyTorch's
+    profiler print a line there at every start and stop, which a notebook would show."""
+    fd = 2                          # the C library's stderr (in Jupyter, sys.stderr.fileno() is another fd)
+    try:
+        saved = os.dup(fd)
+    except OSError:
+        yield
+        return
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)
+
+
 def peak_bytes(fn: Callable[[], object], device: torch.device | str | None = None) -> int:
     """Peak of the memory ``fn()`` allocates above what was live when it started, in bytes.
 
@@ -890,7 +933,7 @@ def peak_bytes(fn: Callable[[], object], device: torch.device | str | None = Non
         return int(torch.cuda.max_memory_allocated(device) - base)
     if device.type != "cpu":
         raise ValueError(f"peak_bytes measures CPU or CUDA memory, got device {device}")
-    with torch.autograd.profiler.profile(use_kineto=True, profile_memory=True) as prof:
+    with _quiet_stderr(), torch.autograd.profiler.profile(use_kineto=True, profile_memory=True) as prof:
         fn()
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.kineto_results.events()
                     if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)

@@ -74,7 +74,7 @@ def _evaluate(model, generator, device):
 
     data = ART_BASE["data"]
     seed = int(torch.randint(10_000, 1_000_000, (), generator=generator))
-    batch, _ = layered_batch(_scenes(data, _EVAL_N, seed), ART_BASE["model"]["patch"])
+    batch, _ = layered_batch(_scenes(data, 2 * _EVAL_N, seed), ART_BASE["model"]["patch"])
     return heldout_eps(model.to(device), batch, generator=generator)
 
 
