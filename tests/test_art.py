@@ -523,14 +523,34 @@ def test_regional_loss_ignores_padding(scenes):
     torch.manual_seed(0)
     m = _live(art.AnonymousRegionDiT(art.ARTConfig(dim=48, heads=2, depth=1)))
     acp = make_scheduler("ddpm").alphas_cumprod
-    a = art.regional_eps_loss(m, batch, acp, generator=torch.Generator().manual_seed(0))
+    a = art.regional_loss(m, batch, acp, generator=torch.Generator().manual_seed(0))
     junk = art.RegionBatch(torch.where(batch.valid[..., None], batch.tokens, 50.0), batch.pos_ids, batch.valid,
                            batch.boxes, batch.in_box)
-    b = art.regional_eps_loss(m, junk, acp, generator=torch.Generator().manual_seed(0))
+    b = art.regional_loss(m, junk, acp, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(a, b, atol=1e-5)
     fresh = art.AnonymousRegionDiT(art.ARTConfig(dim=48, heads=2, depth=1))
-    assert 0.9 < art.heldout_eps(fresh, batch, generator=torch.Generator().manual_seed(0)) < 1.1, \
-        "an untrained model predicts ε̂ = 0: loss ≈ E[ε²] = 1"
+    e_v2 = art.heldout_loss(fresh, batch, generator=torch.Generator().manual_seed(0))
+    assert 0.3 < e_v2 < 1.1, "an untrained model predicts v̂ = 0: loss = E[v²] = E[ᾱ + (1 − ᾱ) x₀²] < 1"
+    eps_model = art.AnonymousRegionDiT(art.ARTConfig(dim=48, heads=2, depth=1, prediction="eps"))
+    assert 0.9 < art.heldout_loss(eps_model, batch, generator=torch.Generator().manual_seed(0)) < 1.1, \
+        "an untrained ε-model predicts ε̂ = 0: loss ≈ E[ε²] = 1"
+
+
+def test_v_and_eps_targets_convert_back_exactly():
+    g = torch.Generator().manual_seed(5)
+    x0, noise = torch.rand(3, 7, 16, generator=g) * 2 - 1, torch.randn(3, 7, 16, generator=g)
+    acp = make_scheduler("ddpm").alphas_cumprod
+    t = torch.tensor([3, 500, 990])
+    x_t = torch.sqrt(acp[t]).view(3, 1, 1) * x0 + torch.sqrt(1 - acp[t]).view(3, 1, 1) * noise
+    for kind in art.PREDICTIONS:
+        eps, rec = art.to_eps_x0(kind, art.target(kind, x0, noise, acp[t]), x_t, acp[t])
+        assert torch.allclose(eps, noise, atol=1e-4) and torch.allclose(rec, x0, atol=2e-3 if kind == "eps" else 1e-4)
+    v = art.target("v", x0, noise, acp[t])
+    assert torch.allclose(v[2], (acp[990].sqrt() * noise[2] - (1 - acp[990]).sqrt() * x0[2]))
+    with pytest.raises(ValueError, match="prediction"):
+        art.target("x0", x0, noise, acp[t])
+    with pytest.raises(ValueError, match="prediction"):
+        art.ARTConfig(prediction="flow")
 
 
 def test_generate_gives_layer_stacks_and_metrics(scenes):
@@ -657,9 +677,9 @@ def test_remaining_public_functions_name_their_bad_arguments(scenes):
         (lambda: art.unpack_regions(batch.tokens, "batch", 4, 32), TypeError, "RegionBatch"),
         (lambda: art.unpack_full(batch.tokens[:, :5], batch, 4, 32), ValueError, "seq"),
         (lambda: art.pack_full(canv, stacked["boxes"], stacked["valid"], 4), ValueError, "valid_layers"),
-        (lambda: art.regional_eps_loss(m, {"tokens": 1}, acp, generator=g), TypeError, "RegionBatch"),
+        (lambda: art.regional_loss(m, {"tokens": 1}, acp, generator=g), TypeError, "RegionBatch"),
         (lambda: art.generate(m, batch, steps=0, generator=g), ValueError, "steps"),
-        (lambda: art.heldout_eps(m, batch, generator=g, repeats=0), ValueError, "repeats"),
+        (lambda: art.heldout_loss(m, batch, generator=g, repeats=0), ValueError, "repeats"),
         (lambda: art.fit_art(m, steps=-1, scenes={}, generator=g), ValueError, "steps"),
         (lambda: art.fit_art(m, steps=1, scenes=[], generator=g), TypeError, "scenes"),
         (lambda: art.fit_art(m, steps=1, scenes={}, batch_size=0, generator=g), ValueError, "batch_size"),

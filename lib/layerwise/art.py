@@ -54,22 +54,24 @@ from layerwise.data.rgba import compose
 from layerwise.data.scene import Scene, stack_scenes
 from layerwise.diffusion.dit import DiTConfig, TinyDiT, patchify, unpatchify
 from layerwise.core.env import progress_bar
-from layerwise.diffusion.schedule import ddim_step, make_scheduler, predict_x0, q_sample
+from layerwise.diffusion.schedule import ddim_step, make_scheduler, q_sample
 
 __all__ = [
-    "GREY", "gray_encode", "gray_decode",
+    "GREY", "PREDICTIONS", "gray_encode", "gray_decode",
     "align_box", "token_boxes", "region_tokens", "crop_tokens", "fill_tokens", "layer_position_ids", "full_position_ids",
     "attention_cost", "attention_matrix_bytes",
     "ARTConfig", "AnonymousRegionDiT", "POSITION_VARIANTS", "art_zoo_name",
     "RegionBatch", "scene_layers", "pack_regions", "unpack_regions", "pack_full", "unpack_full", "split_layers",
     "layered_batch",
-    "regional_eps_loss", "full_eps_loss", "fit_art", "generate", "heldout_eps",
+    "target", "to_eps_x0", "regional_loss", "full_loss", "fit_art", "generate", "heldout_loss",
     "psnr", "consistency_psnr", "alpha_in_box", "box_iou", "layer_metrics", "layout_image", "attention_ablation",
     "peak_bytes", "COST_CONFIG", "cost_layout", "cost_pass", "measure_cost",
 ]
 
 #: The value a transparent pixel is encoded as (paper §3.1: layers are flattened over 50 % grey).
 GREY = 0.5
+#: What an :class:`AnonymousRegionDiT` may predict: the velocity ``v`` or the noise ``ε``.
+PREDICTIONS = ("v", "eps")
 
 
 # ----------------------------------------------------------------------------- argument checks
@@ -348,7 +350,9 @@ class ARTConfig:
     ``(y, x)`` only (Table 5's 2D-RoPE); ``layer_embedding`` adds a learned vector per layer index
     (the release's ``layer_pe``, up to ``max_layers`` layers); ``box_embedding`` adds a learned
     "inside / outside my box" vector per token *(ours: how the full-attention baseline, whose layers
-    are all full canvases, is told the layout)*.
+    are all full canvases, is told the layout)*. ``prediction``: what the network outputs, ``"v"``
+    (``v = √ᾱ·ε − √(1−ᾱ)·x₀``, Salimans & Ho 2022; the nearest to FLUX's flow-matching velocity on our
+    DDPM schedule, and much steadier than ε for a small pixel model at high noise) or ``"eps"``.
     """
 
     channels: int = 4
@@ -363,10 +367,13 @@ class ARTConfig:
     box_embedding: bool = False
     max_layers: int = 8
     rope_base: float = 100.0
+    prediction: str = "v"
 
     def __post_init__(self) -> None:
         if self.pos_axes not in (2, 3):
             raise ValueError(f"pos_axes must be 2 or 3, got {self.pos_axes!r}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {self.prediction!r}; expected one of {PREDICTIONS}")
         _int(self.max_layers, "max_layers")
         self.dit_config()                                     # checks the DiT's sizes
 
@@ -629,12 +636,37 @@ def _masked_mse(pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
     return ((pred - target).pow(2).mean(-1) * w).sum() / w.sum().clamp_min(1.0)
 
 
-def regional_eps_loss(model: AnonymousRegionDiT, batch: RegionBatch, alphas_cumprod: Tensor, *,
-                      generator: torch.Generator, t: Tensor | None = None) -> Tensor:
-    """The ε-loss on the crop tokens only (padding left out): ``E ‖ε − ε̂(x_t, t)‖²`` over real tokens.
+def target(prediction: str, x0: Tensor, noise: Tensor, abar: Tensor) -> Tensor:
+    """The training target of a ``prediction`` model: ``ε`` itself, or ``v = √ᾱ·ε − √(1−ᾱ)·x₀``.
+    x0, noise: ``(B, ...)``; abar: ``(B,)`` ᾱ of each item's timestep."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {prediction!r}; expected one of {PREDICTIONS}")
+    if prediction == "eps":
+        return noise
+    a = abar.reshape(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
+    return a.sqrt() * noise - (1 - a).sqrt() * x0
+
+
+def to_eps_x0(prediction: str, out: Tensor, x_t: Tensor, abar: Tensor) -> tuple[Tensor, Tensor]:
+    """A network output ``out`` of a ``prediction`` model at ``x_t`` → ``(ε̂, x̂₀)``. For v:
+    ``x̂₀ = √ᾱ·x_t − √(1−ᾱ)·v̂`` and ``ε̂ = √(1−ᾱ)·x_t + √ᾱ·v̂``; for ε: ``x̂₀ = (x_t − √(1−ᾱ)·ε̂) / √ᾱ``.
+    abar: ``(B,)`` or a scalar tensor."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {prediction!r}; expected one of {PREDICTIONS}")
+    a = abar.reshape(-1, *([1] * (x_t.dim() - 1))).to(x_t.dtype) if abar.dim() else abar.to(x_t.dtype)
+    if prediction == "eps":
+        return out, (x_t - (1 - a).sqrt() * out) / a.sqrt()
+    return (1 - a).sqrt() * x_t + a.sqrt() * out, a.sqrt() * x_t - (1 - a).sqrt() * out
+
+
+def regional_loss(model: AnonymousRegionDiT, batch: RegionBatch, alphas_cumprod: Tensor, *,
+                  generator: torch.Generator, t: Tensor | None = None) -> Tensor:
+    """The denoising loss on the crop tokens only (padding left out): ``E ‖target − f(x_t, t)‖²`` over real
+    tokens, the target :func:`target` of the model's ``prediction`` (v: our default; ε: the DDPM loss).
 
     One timestep per item: all layers of a design are noised and denoised together. The official
-    training code was withdrawn, so the loss and its weighting are our reading *(ours)*."""
+    training code was withdrawn (the paper fine-tunes FLUX with flow matching), so the loss and its
+    weighting are our reading *(ours)*."""
     _check_batch(batch)
     x0 = batch.tokens
     b = x0.shape[0]
@@ -642,14 +674,15 @@ def regional_eps_loss(model: AnonymousRegionDiT, batch: RegionBatch, alphas_cump
         t = torch.randint(0, len(alphas_cumprod), (b,), generator=generator).to(x0.device)
     noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
     pred = model(q_sample(x0, t, noise, alphas_cumprod), t, batch.pos_ids, batch.valid, batch.in_box)
-    return _masked_mse(pred, noise, batch.valid)
+    goal = target(model.config.prediction, x0, noise, alphas_cumprod.to(x0.device)[t])
+    return _masked_mse(pred, goal, batch.valid)
 
 
-def full_eps_loss(model: AnonymousRegionDiT, batch: RegionBatch, alphas_cumprod: Tensor, *,
-                  generator: torch.Generator, t: Tensor | None = None) -> Tensor:
-    """The full-attention baseline's ε-loss: every token of every present layer, inside its box or not
+def full_loss(model: AnonymousRegionDiT, batch: RegionBatch, alphas_cumprod: Tensor, *,
+              generator: torch.Generator, t: Tensor | None = None) -> Tensor:
+    """The full-attention baseline's loss: every token of every present layer, inside its box or not
     (it must learn to leave the outside empty)."""
-    return regional_eps_loss(model, batch, alphas_cumprod, generator=generator, t=t)
+    return regional_loss(model, batch, alphas_cumprod, generator=generator, t=t)
 
 
 @torch.no_grad()
@@ -675,9 +708,8 @@ def generate(model: AnonymousRegionDiT, batch: RegionBatch, *, steps: int = 25, 
     timesteps = scheduler.timesteps.tolist()
     for i, t in enumerate(progress_bar(timesteps, desc="DDIM sampling", enabled=progress)):
         tt = torch.full((x.shape[0],), int(t), device=device, dtype=torch.long)
-        eps = model(x, tt, batch.pos_ids, batch.valid, batch.in_box)
         abar, abar_prev = acp[int(t)], (acp[int(timesteps[i + 1])] if i + 1 < len(timesteps) else acp.new_tensor(1.0))
-        x0 = predict_x0(x, eps, abar)
+        eps, x0 = to_eps_x0(cfg.prediction, model(x, tt, batch.pos_ids, batch.valid, batch.in_box), x, abar)
         if clip:
             x0 = x0.clamp(-1.0, 1.0)
             eps = (x - abar.sqrt() * x0) / (1 - abar).sqrt()
@@ -690,11 +722,11 @@ def generate(model: AnonymousRegionDiT, batch: RegionBatch, *, steps: int = 25, 
 def fit_art(model: AnonymousRegionDiT, *, steps: int, scenes: dict, batch_size: int = 32, lr: float = 1e-3,
             warmup: int = 100, cosine: bool = True, ema: float | None = 0.995, seed: int = 0, full: bool = False,
             generator: torch.Generator, device: torch.device | str = "cpu", progress: bool | None = None,
-            desc: str = "ART ε-loss training") -> History:
+            desc: str = "ART training") -> History:
     """Train a layered generator with :func:`~layerwise.core.train.fit_steps` (AdamW, warm-up, a cosine decay if
     ``cosine``, clipping at 1, EMA): every step draws ``batch_size`` fresh scenes (:func:`~layerwise.data.layouts.layered_scenes` with
     ``scenes`` as its keyword arguments, seeded by ``seed`` and the step) and takes one step on
-    :func:`regional_eps_loss` (ART) or, with ``full=True``, :func:`full_eps_loss` over
+    :func:`regional_loss` (ART) or, with ``full=True``, :func:`full_loss` over
     :func:`pack_full` sequences (the baseline). Returns the :class:`~layerwise.core.train.History`."""
     _int(steps, "steps", 0)
     _int(batch_size, "batch_size")
@@ -704,7 +736,7 @@ def fit_art(model: AnonymousRegionDiT, *, steps: int, scenes: dict, batch_size: 
     model.to(device)
     acp = make_scheduler("ddpm").alphas_cumprod.to(device)
     patch = model.config.patch
-    loss = full_eps_loss if full else regional_eps_loss
+    loss = full_loss if full else regional_loss
     pad = scenes.get("n_layers", (2, 6))
     pad = pad if isinstance(pad, int) else pad[1]
 
@@ -718,9 +750,9 @@ def fit_art(model: AnonymousRegionDiT, *, steps: int, scenes: dict, batch_size: 
 
 
 @torch.no_grad()
-def heldout_eps(model: AnonymousRegionDiT, batch: RegionBatch, *, generator: torch.Generator, repeats: int = 2,
-                chunk: int = 64) -> float:
-    """Mean ε-loss of ``model`` on ``batch`` (its real tokens) over ``repeats`` draws of timesteps and noise
+def heldout_loss(model: AnonymousRegionDiT, batch: RegionBatch, *, generator: torch.Generator, repeats: int = 2,
+                 chunk: int = 64) -> float:
+    """Mean training loss (:func:`regional_loss`) of ``model`` on ``batch`` (its real tokens) over ``repeats`` draws of timesteps and noise
     from ``generator``: two models given generators with the same seed see the same draws.
 
     The timesteps are *stratified*: in each repeat the B items get one timestep from each of B equal
@@ -741,7 +773,7 @@ def heldout_eps(model: AnonymousRegionDiT, batch: RegionBatch, *, generator: tor
             part = RegionBatch(*(x[i:i + chunk] for x in (batch.tokens, batch.pos_ids, batch.valid, batch.boxes,
                                                           batch.in_box))).to(device)
             w = float(part.valid.sum())
-            loss = regional_eps_loss(model, part, acp, generator=generator, t=t_all[i:i + chunk].to(device))
+            loss = regional_loss(model, part, acp, generator=generator, t=t_all[i:i + chunk].to(device))
             total += float(loss) * w
             weight += w
     model.train(was)
