@@ -658,6 +658,22 @@ def test_attention_ablation_runs_both_models_per_seed():
         art.attention_ablation(cfg, seeds=[], steps=1, scenes={})
 
 
+def test_position_ablation_trains_each_variant_per_seed():
+    cfg = dict(dim=48, heads=2, depth=1, max_layers=5)
+    got = art.position_ablation(cfg, variants=("2d", "3d"), seeds=[0, 1], steps=2, scenes=dict(n_layers=(2, 3)),
+                                batch_size=4, n_eval=3, ddim_steps=2, progress=False)
+    assert set(got) == {"2d", "3d"}
+    for res in got.values():
+        assert set(res) == {"heldout_loss", "consistency_psnr", "stays_inside", "seconds"}
+        assert all(len(v) == 2 for v in res.values())
+        assert all(0 < v < 2 for v in res["heldout_loss"]) and all(0 <= v <= 1 for v in res["stays_inside"])
+    assert got["2d"]["heldout_loss"] != got["3d"]["heldout_loss"], "the variants must be different models"
+    with pytest.raises(ValueError, match="seeds"):
+        art.position_ablation(cfg, seeds=[], steps=1, scenes={})
+    with pytest.raises(ValueError, match="variant"):
+        art.position_ablation(cfg, variants=("4d",), seeds=[0], steps=1, scenes={})
+
+
 def test_layout_image_draws_outlines():
     img = art.layout_image(torch.tensor([[2, 2, 6, 5], [0, 0, 0, 0], [5, 1, 8, 8]]), 8)
     assert img.shape == (4, 8, 8)

@@ -64,7 +64,7 @@ __all__ = [
     "RegionBatch", "scene_layers", "pack_regions", "unpack_regions", "pack_full", "unpack_full", "split_layers",
     "layered_batch",
     "target", "to_eps_x0", "regional_loss", "full_loss", "fit_art", "generate", "heldout_loss",
-    "psnr", "consistency_psnr", "alpha_in_box", "box_iou", "layer_metrics", "layout_image", "attention_ablation",
+    "psnr", "consistency_psnr", "alpha_in_box", "box_iou", "layer_metrics", "layout_image", "attention_ablation", "position_ablation",
     "peak_bytes", "COST_CONFIG", "cost_layout", "cost_pass", "measure_cost",
 ]
 
@@ -897,6 +897,53 @@ def attention_ablation(config: dict, *, seeds: Sequence[int], steps: int, scenes
     return out
 
 
+def position_ablation(config: dict, *, variants: Sequence[str] = ("2d", "2d_pe", "3d"), seeds: Sequence[int],
+                      steps: int, scenes: dict, batch_size: int = 32, lr: float = 2e-3, warmup: int = 100,
+                      ema: float | None = 0.995, n_eval: int = 64, ddim_steps: int = 25,
+                      device: torch.device | str = "cpu",
+                      progress: bool | None = None) -> dict[str, dict[str, list[float]]]:
+    """Table 5 at our scale: for each seed and each of ``variants`` (keys of :data:`POSITION_VARIANTS`:
+    which position axes and whether a learned layer embedding), train ART on region sequences with the
+    same settings (:func:`fit_art`), then measure on the same ``n_eval`` held-out designs its held-out
+    loss (:func:`heldout_loss`, the same timesteps and noise for every variant) and the consistency of
+    its samples.
+
+    config: :class:`ARTConfig` keyword arguments (``pos_axes`` and ``layer_embedding`` are set per
+    variant). Returns ``{variant: {"heldout_loss", "consistency_psnr", "stays_inside", "seconds"}}``,
+    each a list with one value per seed (runs of the same seed share their data draws: pair them)."""
+    if not seeds:
+        raise ValueError("seeds must name at least one seed")
+    variants = list(variants)
+    if not variants:
+        raise ValueError("variants must name at least one variant")
+    for v in variants:
+        if v not in POSITION_VARIANTS:
+            raise ValueError(f"unknown variant {v!r}; expected one of {sorted(POSITION_VARIANTS)}")
+    pad = scenes.get("n_layers", (2, 6))
+    pad = pad if isinstance(pad, int) else pad[1]
+    keys = ("heldout_loss", "consistency_psnr", "stays_inside", "seconds")
+    out = {v: {k: [] for k in keys} for v in variants}
+    for seed in seeds:
+        held = layered_scenes(n_eval, seed=20_000 + int(seed), **scenes)
+        for v in variants:
+            axes, pe = POSITION_VARIANTS[v]
+            torch.manual_seed(int(seed))
+            model = AnonymousRegionDiT(ARTConfig(**{**config, "pos_axes": axes, "layer_embedding": pe}))
+            t0 = time.perf_counter()
+            fit_art(model, steps=steps, scenes=scenes, batch_size=batch_size, lr=lr, warmup=warmup, ema=ema,
+                    seed=int(seed), generator=torch.Generator().manual_seed(int(seed)), device=device,
+                    progress=progress, desc=f"positions {v}, seed {seed}")
+            out[v]["seconds"].append(time.perf_counter() - t0)
+            batch, stacked = layered_batch(held, model.config.patch, max_layers=pad)
+            out[v]["heldout_loss"].append(
+                heldout_loss(model, batch, generator=torch.Generator().manual_seed(int(seed))))
+            canv = generate(model, batch, steps=ddim_steps, generator=torch.Generator().manual_seed(int(seed)))
+            m = layer_metrics(canv.cpu(), stacked)
+            out[v]["consistency_psnr"].append(float(m["consistency_psnr"].mean()))
+            out[v]["stays_inside"].append(float(m["stays_inside"].float().mean()))
+    return out
+
+
 def layout_image(boxes: Tensor, size, *, colors: Tensor | None = None, fill: float = 0.25) -> Tensor:
     """An anonymous region layout drawn as an RGBA image ``(4, H, W)``: each pixel box ``(x0, y0, x1, y1)`` of
     ``boxes (K, 4)`` as a one-pixel outline and a faint fill (``fill`` = its alpha) in its own colour (a
@@ -1085,7 +1132,8 @@ POSITION_VARIANTS = {"3d": (3, True), "2d": (2, False), "2d_pe": (2, True)}
 
 def art_zoo_name(variant: str) -> str:
     """The zoo name of a :data:`POSITION_VARIANTS` model: ``art_sprites`` for ``"3d"`` (the main model,
-    3-axis RoPE and the layer embedding, as released), ``art_sprites_2d``, ``art_sprites_2d_pe``."""
+    3-axis RoPE and the layer embedding, as released), ``art_sprites_2d``, ``art_sprites_2d_pe`` (names
+    reserved: only ``art_sprites`` is trained; :func:`position_ablation` trains the others)."""
     if variant not in POSITION_VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(POSITION_VARIANTS)}")
     return "art_sprites" if variant == "3d" else f"art_sprites_{variant}"
