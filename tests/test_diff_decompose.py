@@ -300,8 +300,35 @@ def test_untrained_model_predicts_zero_and_shapes():
     assert out.shape == (3, 8, 16, 16) and (out == 0).all(), "adaLN-Zero: an untrained DiT outputs 0"
     assert model.tokens(x, z).shape == (3, 48, 64)
     acp = make_scheduler("ddpm").alphas_cumprod
-    x0, eps = model.predict(x, torch.tensor([0, 500, 999]), z, None, acp)
-    assert (x0 == 0).all() and torch.allclose(eps, x / (1 - acp[[0, 500, 999]]).sqrt().view(3, 1, 1, 1))
+    t = torch.tensor([0, 500, 999])
+    a = acp[t].view(3, 1, 1, 1)
+    x0, eps = model.predict(x, t, z, None, acp)          # x0-prediction: x0 = 0, so eps = x_t / √(1−ᾱ)
+    assert (x0 == 0).all() and torch.allclose(eps, x / (1 - a).sqrt())
+    for prediction in ("v", "x0", "eps"):
+        other = dd.InContextDecomposer(scheme="cloned", image_size=16, patch=4, dim=24, depth=2, heads=2,
+                                       prediction=prediction)
+        x0, eps = other.predict(x, t, z, None, acp)
+        if prediction == "v":                            # v = 0 means x0 = √ᾱ x_t, ε = √(1−ᾱ) x_t
+            assert torch.allclose(x0, a.sqrt() * x) and torch.allclose(eps, (1 - a).sqrt() * x)
+        elif prediction == "x0":
+            assert (x0 == 0).all() and torch.allclose(eps, x / (1 - a).sqrt())
+        else:
+            assert (eps == 0).all() and torch.allclose(x0, x / a.sqrt())
+
+
+def test_the_three_predictions_agree_on_a_known_state():
+    """For the true clean state and noise, each parametrisation's target maps back to (s0, eps)."""
+    acp = make_scheduler("ddpm").alphas_cumprod
+    s0, eps = torch.rand(2, 8, 16, 16) * 2 - 1, torch.randn(2, 8, 16, 16)
+    t = torch.tensor([30, 800])
+    a = acp[t].view(2, 1, 1, 1)
+    xt = a.sqrt() * s0 + (1 - a).sqrt() * eps
+    targets = {"v": a.sqrt() * eps - (1 - a).sqrt() * s0, "x0": s0, "eps": eps}
+    for prediction, target in targets.items():
+        model = dd.InContextDecomposer(image_size=16, patch=4, dim=24, depth=1, heads=2, prediction=prediction)
+        model.forward = lambda *args, target=target: target
+        got_x0, got_eps = model.predict(xt, t, torch.rand(2, 3, 16, 16), None, acp)
+        assert torch.allclose(got_x0, s0, atol=1e-4) and torch.allclose(got_eps, eps, atol=1e-3), prediction
 
 
 def test_shared_ids_cannot_tell_foreground_from_background():
@@ -335,18 +362,19 @@ def test_model_bad_input():
     with pytest.raises(ValueError, match="scheme"):
         dd.DecomposerConfig(scheme="lpec")
     with pytest.raises(ValueError, match="prediction"):
-        dd.DecomposerConfig(prediction="v")
+        dd.DecomposerConfig(prediction="flow")
 
 
 def test_loss_training_and_decompose():
     data = alphablend(6, 16, seed=2)
     acp = make_scheduler("ddpm").alphas_cumprod
     torch.manual_seed(0)
-    model = dd.InContextDecomposer(image_size=16, patch=4, dim=24, depth=2, heads=2)
+    x0_model = dd.InContextDecomposer(image_size=16, patch=4, dim=24, depth=2, heads=2, prediction="x0")
     g = torch.Generator().manual_seed(0)
-    loss = dd.decomposition_loss(model, data, acp, generator=g)
+    loss = dd.decomposition_loss(x0_model, data, acp, generator=g)
     state = dd.layer_state(data.foreground, data.background)
     assert torch.allclose(loss, state.pow(2).mean()), "x0-prediction from an untrained model: the loss is E[s0^2]"
+    model = x0_model
     eps_model = dd.InContextDecomposer(image_size=16, patch=4, dim=24, depth=2, heads=2, prediction="eps")
     assert abs(dd.decomposition_loss(eps_model, data, acp, generator=g).item() - 1.0) < 0.1
     hist = dd.train_decomposer(model, data, steps=30, batch_size=12, lr=3e-3, warmup=5, ema=None,
@@ -392,3 +420,16 @@ def test_training_and_sampling_bad_input():
 def test_zoo_names():
     assert [dd.zoo_name(s) for s in dd.SCHEMES] == [f"diffdecompose_{s}" for s in dd.SCHEMES]
     assert len(SUBTASKS) == dd.DecomposerConfig().num_tasks
+
+
+def test_loss_at_given_timesteps():
+    data = alphablend(2, 16, seed=4)
+    acp = make_scheduler("ddpm").alphas_cumprod
+    model = dd.InContextDecomposer(image_size=16, patch=4, dim=24, depth=1, heads=2, prediction="eps")
+    g = torch.Generator().manual_seed(0)
+    t = torch.full((len(data),), 999)
+    assert abs(dd.decomposition_loss(model, data, acp, generator=g, t=t).item() - 1.0) < 0.1
+    with pytest.raises(ValueError, match="t must"):
+        dd.decomposition_loss(model, data, acp, generator=g, t=t[:3])
+    with pytest.raises(ValueError, match="t must"):
+        dd.decomposition_loss(model, data, acp, generator=g, t=t.float())

@@ -49,8 +49,10 @@ __all__ = ["SCHEMES", "SEGMENTS", "LAYER_INDEX", "PREDICTIONS", "blend", "in_con
 SCHEMES: tuple[str, ...] = ("distinct", "cloned", "shared")
 #: The segments of the in-context sequence, in order.
 SEGMENTS: tuple[str, ...] = ("composite", "foreground", "background")
-#: What the network outputs: the clean layers ("x0", ours, the default) or the noise ("eps").
-PREDICTIONS: tuple[str, ...] = ("x0", "eps")
+#: What the network outputs: the clean layers ("x0", the default and the zoo's), the velocity
+#: ``v = √ᾱ ε − √(1−ᾱ) x₀`` ("v", Salimans & Ho's parametrisation, a cousin of FLUX's flow velocity)
+#: or the noise ("eps", the DDPM objective).
+PREDICTIONS: tuple[str, ...] = ("v", "x0", "eps")
 #: The layer index (first position axis) of (composite, foreground, background) under each scheme.
 LAYER_INDEX: dict[str, tuple[int, int, int]] = {"distinct": (0, 1, 2), "cloned": (0, 1, 0), "shared": (0, 0, 0)}
 
@@ -250,8 +252,8 @@ class InContextDecomposer(nn.Module):
     [composite as opaque RGBA (clean) | foreground of ``state_t`` (noisy) | background of
     ``state_t`` (noisy)], 3 · (H/p) · (W/p) tokens with the ids of :func:`in_context_positions`;
     the subtask id is the DiT's class label (None: the null label). The outputs of the two noisy
-    segments are the network's prediction of the clean state (``prediction="x0"``) or of the
-    noise (``"eps"``); :meth:`predict` turns either into both.
+    segments are the network's prediction of the clean state (``prediction="x0"``), the velocity
+    (``"v"``) or the noise (``"eps"``); :meth:`predict` turns any of them into ``(x̂₀, ε̂)``.
     """
 
     def __init__(self, config: DecomposerConfig | None = None, **overrides):
@@ -293,30 +295,43 @@ class InContextDecomposer(nn.Module):
         ``x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε``."""
         out = self(state_t, t, composite, task)
         a = alphas_cumprod.to(state_t.device, state_t.dtype)[t.to(state_t.device).long()].view(-1, 1, 1, 1)
+        if self.config.prediction == "v":
+            return a.sqrt() * state_t - (1 - a).sqrt() * out, (1 - a).sqrt() * state_t + a.sqrt() * out
         if self.config.prediction == "x0":
             return out, (state_t - a.sqrt() * out) / (1 - a).sqrt()
         return (state_t - (1 - a).sqrt() * out) / a.sqrt(), out
 
 
 def decomposition_loss(model: InContextDecomposer, batch: AlphaBlendSet, alphas_cumprod: Tensor, *,
-                       generator: torch.Generator, cond_drop: float = 0.0) -> Tensor:
+                       generator: torch.Generator, cond_drop: float = 0.0, t: Tensor | None = None) -> Tensor:
     """The denoising loss of in-context decomposition. One timestep per sample for both noisy
     segments, ``s_t = √ᾱ_t s₀ + √(1−ᾱ_t) ε`` with the clean state ``s₀ = layer_state(x, y)``;
     the loss is the mean squared error of the network's prediction over the 8 channels: of ``s₀``
-    (``prediction="x0"``, ours) or of ``ε`` (``"eps"``, the DDPM objective). The clean composite
-    segment has no loss. With ``cond_drop`` a batch is given the null label (0 by default)."""
+    (``prediction="x0"``, the default), of the velocity ``v = √ᾱ_t ε − √(1−ᾱ_t) s₀`` (``"v"``) or
+    of ``ε`` (``"eps"``, the DDPM objective). The clean composite segment has no loss. With
+    ``cond_drop`` a batch is given the null label (0 by default). ``t`` ``(B,)`` fixes the
+    timesteps (default: uniform on {0, …, T−1})."""
     if not isinstance(batch, AlphaBlendSet):
         raise TypeError(f"batch must be an AlphaBlendSet, got {type(batch).__name__}")
     device = next(model.parameters()).device
     x0 = layer_state(batch.foreground, batch.background).to(device)
     b = x0.shape[0]
-    t = torch.randint(0, len(alphas_cumprod), (b,), generator=generator).to(device)
+    if t is None:
+        t = torch.randint(0, len(alphas_cumprod), (b,), generator=generator)
+    elif not isinstance(t, Tensor) or t.shape != (b,) or t.is_floating_point():
+        raise ValueError(f"t must be an integer tensor of shape ({b},), got {getattr(t, 'shape', t)}")
+    t = t.to(device)
     noise = torch.randn(x0.shape, generator=generator).to(device)
     task = batch.task.to(device)
     if cond_drop > 0 and float(torch.rand((), generator=generator)) < cond_drop:
         task = None
-    out = model(q_sample(x0, t, noise, alphas_cumprod.to(device)), t, batch.composite.to(device), task)
-    target = x0 if model.config.prediction == "x0" else noise
+    acp = alphas_cumprod.to(device)
+    out = model(q_sample(x0, t, noise, acp), t, batch.composite.to(device), task)
+    if model.config.prediction == "v":
+        a = acp[t].view(-1, 1, 1, 1)
+        target = a.sqrt() * noise - (1 - a).sqrt() * x0
+    else:
+        target = x0 if model.config.prediction == "x0" else noise
     return (out - target).pow(2).mean()
 
 
