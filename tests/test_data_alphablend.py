@@ -103,6 +103,8 @@ def test_trivial_background_error_differs_by_subtask(small):
     (lambda: foregrounds("flare", 0, generator=0), ValueError, "n"),
     (lambda: foregrounds("flare", 2, generator="seed"), TypeError, "generator"),
     (lambda: alphablend_test_set(-1), ValueError, "n_per_task"),
+    (lambda: alphablend(1, seed=0).of_task("smoke"), ValueError, "task"),
+    (lambda: alphablend(1, seed=0).of_task(6), ValueError, "task"),
 ])
 def test_bad_input_names_the_argument(call, exc, match):
     with pytest.raises(exc, match=match):

@@ -279,6 +279,8 @@ def test_layer_state_round_trip():
         dd.split_state(state[:, :4])
     with pytest.raises(ValueError, match="foreground"):
         dd.layer_state(data.background, data.background)
+    with pytest.raises(TypeError, match="background"):
+        dd.layer_state(data.foreground, data.background.numpy())
 
 
 def _randomised(scheme: str) -> dd.InContextDecomposer:
@@ -413,6 +415,12 @@ def test_training_and_sampling_bad_input():
         dd.decompose(model, data.composite, data.task[:2])
     with pytest.raises(ValueError, match="composite"):
         dd.decompose(model, data.foreground, data.task)
+    with pytest.raises(ValueError, match="batch_size"):
+        dd.decompose(model, data.composite, data.task, batch_size=0)
+    with pytest.raises(ValueError, match="steps"):
+        dd.train_decomposer(model, data, steps=-1, generator=g)
+    with pytest.raises(TypeError, match="model"):
+        dd.train_decomposer(torch.nn.Linear(2, 2), data, steps=1, generator=g)
     with pytest.raises(TypeError, match="data"):
         dd.evaluate_decomposition(model, data.composite)
 

@@ -81,7 +81,12 @@ class AlphaBlendSet:
 
     def of_task(self, task: str | int) -> "AlphaBlendSet":
         """The samples of one subtask (its name or index)."""
-        k = SUBTASKS.index(task) if isinstance(task, str) else int(task)
+        if isinstance(task, str):
+            k = SUBTASKS.index(check_name(task, SUBTASKS, "task"))
+        elif isinstance(task, int) and not isinstance(task, bool) and 0 <= task < len(SUBTASKS):
+            k = task
+        else:
+            raise ValueError(f"task must be a subtask name of {SUBTASKS} or an index below {len(SUBTASKS)}, got {task!r}")
         return self[self.task == k]
 
 
