@@ -26,7 +26,7 @@ from layerwise.zoo.registry import Recipe, register, training_set_size
 __all__ = ["DECOMPOSER"]
 
 DECOMPOSER = dict(model=dict(image_size=32, patch=4, dim=72, depth=4, heads=3, mlp_ratio=4.0, prediction="x0"),
-                  data=dict(n_per_task=2000, seed=141), batch_size=32, lr=2e-3, warmup=100, ema=0.999,
+                  data=dict(n_per_task=2000, seed=141), batch_size=16, lr=2e-3, warmup=50, ema=0.995,
                   eval=dict(n_per_task=16, ddim_steps=10))
 _HELD_SEED = 4242           # the held-out set of the manifest's metric (the test set has its own seed)
 _EVAL_PER_TASK = 32
@@ -90,7 +90,7 @@ def _evaluate(model, generator, device):
 for _scheme in SCHEMES:
     _cfg = {**DECOMPOSER, "model": {**DECOMPOSER["model"], "scheme": _scheme}}
     register(Recipe(
-        name=zoo_name(_scheme), build=_build, fit=_fit, evaluate=_evaluate, config=_cfg, steps=2000, seed=14,
+        name=zoo_name(_scheme), build=_build, fit=_fit, evaluate=_evaluate, config=_cfg, steps=800, seed=14,
         metric="heldout_x0_mse", tolerance=1.25,
         description=f"DiffDecompose in-context decomposer, position scheme '{_scheme}': TinyDiT (3-axis RoPE, "
                     "patch 4) over [composite | premultiplied RGBA foreground | background] of 32×32 "
