@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 _VERDICTS = {True: "yes", False: "no", None: "n/a"}
+#: The book page that states the verdict rule, relative to a chapter page (book/<part>/<chapter>.html).
+RULE_PAGE = "../how_we_judge.html"
 
 
 def _verdict(value: Any) -> str:
@@ -51,6 +53,7 @@ class ResultsTable:
         lines = ["| claim | paper | ours (" + self.profile + ") | reproduced? |", "|---|---|---|---|"]
         for r in self.rows:
             lines.append(f"| {r['claim']} | {r['paper']} | {r['ours']} | {r['reproduced']} |")
+        lines.append(f"\nVerdicts follow the course's rule ({RULE}): see [How we judge]({RULE_PAGE}).")
         return "\n".join(lines)
 
     def _repr_markdown_(self) -> str:
@@ -61,7 +64,10 @@ class ResultsTable:
         body = "".join(
             "<tr>" + "".join(f"<td>{html.escape(r[k])}</td>" for k in ("claim", "paper", "ours", "reproduced"))
             + "</tr>" for r in self.rows)
-        return f"<table class='layerwise-results'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        caption = (f"<caption style='caption-side: bottom'>Verdicts follow the course's rule: "
+                   f"<a href='{RULE_PAGE}'>how we judge</a>.</caption>")
+        return (f"<table class='layerwise-results'>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
+                "</table>")
 
     def __str__(self) -> str:
         return self.to_markdown()
@@ -112,8 +118,9 @@ RULES = {
     "t05": "a one-sided t-test over seeds rejects 'ours is no better than the baseline' at the 5 % level "
            "(paired over seeds where the runs are paired, Welch's test otherwise)",
 }
-#: The course's rule: what :func:`compare` applies unless told otherwise.
-RULE = "se"
+#: The course's rule: what :func:`compare` applies unless told otherwise (stated on the book's
+#: "How we judge" page, book/how_we_judge.md).
+RULE = "t05"
 
 
 @dataclass(frozen=True)
