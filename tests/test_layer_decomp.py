@@ -222,6 +222,22 @@ def test_segment_tokens_order_padding_and_types():
     assert ld.segment_types(3).tolist() == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
 
 
+def test_model_space_references_and_round_trip(camera):
+    img, mask = camera["image"][:3], camera["mask"][:3]
+    rb, rf = ld.references(img, mask, residual=True)
+    assert torch.equal(rb, img) and torch.equal(rf, ld.known_foreground(img, mask))
+    pb, pf = ld.references(img, mask, residual=False)
+    assert pb.shape == (3, 3, 32, 32) and pf.shape == (3, 4, 32, 32) and (pb == 0.5).all() and (pf == 0.5).all()
+    for ref, layer in ((rb, camera["background"][:3]), (rf, camera["foreground"][:3]), (pb, camera["background"][:3])):
+        x0 = ld.to_model_space(layer, ref)
+        assert torch.allclose(ld.from_model_space(x0, ref), layer, atol=1e-6)
+    assert torch.allclose(ld.to_model_space(camera["background"][:3], pb), camera["background"][:3] * 2 - 1)
+    # residual: outside the object and its effects the background is the image, so its x₀ is 0 there
+    x0 = ld.to_model_space(camera["background"][:3], rb)
+    quiet = camera["foreground"][:3, 3:] == 0
+    assert (x0 * quiet == 0).all() and (x0.abs() > 0).any()
+
+
 def test_untrained_model_predicts_zero_noise_and_shapes():
     m = ld.LayerDecompDiT(dim=24, depth=1, heads=2)
     x_bg, x_fg = torch.randn(3, 3, 32, 32), torch.randn(3, 4, 32, 32)
@@ -368,6 +384,33 @@ def test_a_few_training_steps_lower_the_loss():
     untrained = ld.heldout_loss(ld.LayerDecompDiT(image_size=16, patch=4, dim=32, depth=1, heads=2),
                                 decomposition_set(16, "mixed", seed=10, size=16), generator=_g(1))
     assert held < untrained
+
+
+class _Oracle(torch.nn.Module):
+    """Predicts exactly the noise that separates x_t from the true layers: DDIM must land on them."""
+
+    def __init__(self, data, residual):
+        super().__init__()
+        self.config = ld.LDConfig(residual=residual)
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.data = data
+        self.acp = make_scheduler("ddpm").alphas_cumprod
+
+    def forward(self, x_bg, x_fg, t, composite, mask):
+        rb, rf = ld.references(composite, mask, self.config.residual)
+        a = self.acp[t].view(-1, 1, 1, 1)
+        eps = []
+        for x, layer, ref in ((x_bg, self.data["background"], rb), (x_fg, self.data["foreground"], rf)):
+            eps.append((x - a.sqrt() * ld.to_model_space(layer, ref)) / (1 - a).sqrt())
+        return eps[0], eps[1]
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_decompose_with_the_exact_noise_returns_the_true_layers(camera, residual):
+    data = {k: v[:4] for k, v in camera.items()}
+    out = ld.decompose(_Oracle(data, residual), data["image"], data["mask"], steps=5, generator=_g(0))
+    assert torch.allclose(out["background"], data["background"], atol=1e-4)
+    assert torch.allclose(out["foreground"], data["foreground"], atol=1e-4)
 
 
 def test_decompose_shapes_range_and_determinism(small_model, camera):

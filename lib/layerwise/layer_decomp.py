@@ -46,7 +46,8 @@ from layerwise.core.checks import float_tensor
 from layerwise.diffusion.dit import DiTConfig, TinyDiT, grid_position_ids, patchify, unpatchify
 from layerwise.diffusion.schedule import make_scheduler, q_sample
 
-__all__ = ["SEGMENTS", "VARIANTS", "ld_zoo_name", "segment_tokens", "segment_types", "LDConfig", "LayerDecompDiT",
+__all__ = ["SEGMENTS", "VARIANTS", "ld_zoo_name", "segment_tokens", "segment_types", "LDConfig", "references",
+           "to_model_space", "from_model_space", "LayerDecompDiT",
            "x0_from_eps", "recomposite", "consistency_loss", "masked_diffusion_loss", "known_foreground",
            "training_loss", "train_layer_decomp", "decompose", "psnr", "alpha_error", "effect_captured",
            "evaluate_decomposition", "heldout_loss"]
@@ -147,17 +148,47 @@ class LDConfig:
     depth: int = 4
     heads: int = 4
     mlp_ratio: float = 4.0
+    residual: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def references(image: Tensor, mask: Tensor, residual: bool) -> tuple[Tensor, Tensor]:
+    """What each layer is diffused relative to: ``(ref_bg (B, 3, H, W), ref_fg (B, 4, H, W))``.
+
+    ``residual`` *(ours)*: the image itself for the background and the object cut out by the mask
+    (:func:`known_foreground`) for the foreground, so the diffused quantities are what the image
+    does not already say; otherwise mid-grey 0.5 everywhere, the usual ``2x − 1`` of pixel diffusion.
+    """
+    if residual:
+        return image, known_foreground(image, mask)
+    half = image.new_full((), 0.5)
+    return half.expand_as(image), half.expand(image.shape[0], 4, *image.shape[-2:])
+
+
+def to_model_space(layer: Tensor, ref: Tensor) -> Tensor:
+    """A layer in [0, 1] → the diffused variable ``x₀ = 2 (layer − ref)``."""
+    return 2 * (layer - ref)
+
+
+def from_model_space(x0: Tensor, ref: Tensor) -> Tensor:
+    """The inverse of :func:`to_model_space`: ``layer = ref + x₀ / 2`` (not clipped)."""
+    return ref + x0 / 2
+
+
 class LayerDecompDiT(nn.Module):
     """A TinyDiT over the four-segment sequence, with a learned type embedding per segment.
 
+    Each segment's patches are embedded by the TinyDiT's shared patch embedding plus a
+    segment-specific linear map (``segment_embed``, zero at the start: the paper embeds each
+    input type separately), and a learned type vector per segment (``type_embed``) is added;
+    both enter through ``TinyDiT.forward_tokens(..., embed_add=...)``.
+
     ``forward(x_bg, x_fg, t, composite, mask) → (ε̂_bg (B, 3, H, W), ε̂_fg (B, 4, H, W))``:
-    ``x_bg, x_fg`` are the noisy layers in the model's range [-1, 1]; ``composite (B, 3, H, W)``
-    and ``mask (B, 1, H, W)`` are the clean conditions in [0, 1] (mapped to [-1, 1] here).
+    ``x_bg, x_fg`` are the noisy layers in model space (:func:`to_model_space`, relative to
+    :func:`references` of ``config.residual``); ``composite (B, 3, H, W)`` and ``mask (B, 1, H, W)``
+    are the clean conditions in [0, 1] (mapped to [-1, 1] here).
     Tokens of all four segments at the same pixel share one 2-axis rotary position; the type
     embedding tells the segments apart. The predictions at the condition tokens are discarded.
     """
@@ -169,8 +200,9 @@ class LayerDecompDiT(nn.Module):
         self.dit = TinyDiT(DiTConfig(in_channels=_CHANNELS, out_channels=_CHANNELS, image_size=cfg.image_size,
                                      patch=cfg.patch, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads,
                                      mlp_ratio=cfg.mlp_ratio, pos_axes=2))
-        self.type_embed = nn.Embedding(len(SEGMENTS), cfg.dim)
-        nn.init.normal_(self.type_embed.weight, std=0.02)
+        self.type_embed = nn.Embedding(len(SEGMENTS), cfg.dim)          # N(0, 1), on a par with the patches
+        # each segment's own patch embedding, on top of the shared one (zero at the start)
+        self.segment_embed = nn.Parameter(torch.zeros(len(SEGMENTS), _CHANNELS * cfg.patch ** 2, cfg.dim))
 
     @property
     def tokens_per_segment(self) -> int:
@@ -183,8 +215,10 @@ class LayerDecompDiT(nn.Module):
         tokens = segment_tokens(x_bg, x_fg, composite * 2 - 1, mask * 2 - 1, p)
         n = self.tokens_per_segment
         pos = grid_position_ids(s // p, s // p, device=tokens.device).repeat(len(SEGMENTS), 1)
-        types = self.type_embed(segment_types(n, device=tokens.device))
-        out = self.dit.forward_tokens(tokens, t, pos_ids=pos, embed_add=types)
+        b = tokens.shape[0]
+        per_type = torch.einsum("bsnc,scd->bsnd", tokens.view(b, len(SEGMENTS), n, -1), self.segment_embed)
+        extra = per_type.reshape(b, len(SEGMENTS) * n, -1) + self.type_embed(segment_types(n, device=tokens.device))
+        out = self.dit.forward_tokens(tokens, t, pos_ids=pos, embed_add=extra)
         eps_bg = unpatchify(out[:, :n], p, _CHANNELS, s, s)[:, :3]
         eps_fg = unpatchify(out[:, n:2 * n], p, _CHANNELS, s, s)
         return eps_bg, eps_fg
@@ -305,7 +339,8 @@ def training_loss(model: LayerDecompDiT, batch: dict[str, Tensor], alphas_cumpro
     ``batch`` holds ``image, background, foreground, mask, has_fg`` (as from
     :func:`layerwise.data.decomposition.decomposition_set`). The foreground of items with
     ``has_fg`` False is never read: it is replaced by :func:`known_foreground` before anything
-    else, and masked out of the diffusion loss. One timestep per item, ``t ~ U{0, …, T−1}``, for
+    else, and masked out of the diffusion loss. Both layers are diffused in model space relative
+    to :func:`references` (``model.config.residual``). One timestep per item, ``t ~ U{0, …, T−1}``, for
     both noisy segments. The consistency term (only computed when ``consistency_weight`` λ > 0)
     is applied to every item; ``weighting="abar"`` multiplies each item's L1 by its ``ᾱ_t``
     *(ours: the paper takes any t and gives no weight; x̂₀ at large t is mostly noise)*,
@@ -321,7 +356,8 @@ def training_loss(model: LayerDecompDiT, batch: dict[str, Tensor], alphas_cumpro
     image, mask = batch["image"].to(device), batch["mask"].to(device)
     has_fg = batch["has_fg"].to(device)
     fg = torch.where(has_fg.view(-1, 1, 1, 1), batch["foreground"].to(device), known_foreground(image, mask))
-    bg0, fg0 = batch["background"].to(device) * 2 - 1, fg * 2 - 1
+    ref_bg, ref_fg = references(image, mask, model.config.residual)
+    bg0, fg0 = to_model_space(batch["background"].to(device), ref_bg), to_model_space(fg, ref_fg)
     b = image.shape[0]
     t = torch.randint(0, len(alphas_cumprod), (b,), generator=generator).to(device)
     eps_bg = torch.randn(bg0.shape, generator=generator).to(device)
@@ -334,8 +370,8 @@ def training_loss(model: LayerDecompDiT, batch: dict[str, Tensor], alphas_cumpro
     loss = dm
     if consistency_weight > 0:
         abar = acp[t].to(image.dtype)
-        bg_hat = (x0_from_eps(x_bg, eps_hat_bg, abar) + 1) / 2
-        fg_hat = (x0_from_eps(x_fg, eps_hat_fg, abar) + 1) / 2
+        bg_hat = from_model_space(x0_from_eps(x_bg, eps_hat_bg, abar), ref_bg)
+        fg_hat = from_model_space(x0_from_eps(x_fg, eps_hat_fg, abar), ref_fg)
         per = consistency_loss(bg_hat, fg_hat, image, reduction="none")
         consist = (per * abar).mean() if weighting == "abar" else per.mean()
         loss = loss + consistency_weight * consist
@@ -400,13 +436,14 @@ def heldout_loss(model: LayerDecompDiT, data: dict[str, Tensor], *, generator: t
 def decompose(model: LayerDecompDiT, image: Tensor, mask: Tensor, *, steps: int = 25,
               generator: torch.Generator | None = None, clip: bool = True, batch_size: int = 128) -> dict[str, Tensor]:
     """Decompose ``image (B, 3, H, W)`` with the object ``mask (B, 1, H, W)`` into a background and
-    an RGBA foreground: DDIM (η = 0, ``steps`` steps) over both noisy segments at once, from noise
-    drawn with ``generator``, the composite and mask fixed. With ``clip`` each step's x̂₀ is
-    clipped to the data range [-1, 1] (diffusers' ``clip_sample``, as pixel-space DDPM does):
-    a small model's x̂₀ at large t is far off, and unclipped it can carry the chain away.
+    an RGBA foreground: DDIM (η = 0, ``steps`` steps, diffusers' timesteps) over both noisy
+    segments at once, from noise drawn with ``generator``, the composite and mask fixed.
 
-    Returns ``{"background": (B, 3, H, W), "foreground": (B, 4, H, W)}`` in [0, 1] (clipped).
-    Every mask must mark at least one pixel.
+    With ``clip`` each step's x̂₀ is clipped so that the layers it stands for stay in [0, 1] (as
+    diffusers' ``clip_sample`` does for plain pixels; the update then uses the clipped x̂₀ and
+    the predicted noise): a small model's x̂₀ at large t is far off, and unclipped it can carry
+    the chain away. Returns ``{"background": (B, 3, H, W), "foreground": (B, 4, H, W)}`` in
+    [0, 1] (clipped). Every mask must mark at least one pixel.
     """
     _image(image, "image", 3)
     _mask(mask)
@@ -418,21 +455,31 @@ def decompose(model: LayerDecompDiT, image: Tensor, mask: Tensor, *, steps: int 
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     model.eval()
     device = next(model.parameters()).device
+    scheduler = make_scheduler("ddim")
+    scheduler.set_timesteps(steps)
+    acp = scheduler.alphas_cumprod.to(device)
+    step = scheduler.config.num_train_timesteps // steps
     b, _, h, w = image.shape
     noise = torch.randn(b, 7, h, w, generator=generator)
     out_bg, out_fg = [], []
     for i in range(0, b, batch_size):
         img, m = image[i:i + batch_size].to(device), mask[i:i + batch_size].to(device)
+        ref = torch.cat(references(img, m, model.config.residual), 1)            # (b, 7, H, W)
+        lo, hi = to_model_space(torch.zeros_like(ref), ref), to_model_space(torch.ones_like(ref), ref)
         x = noise[i:i + batch_size].to(device)
-        scheduler = make_scheduler("ddim", clip_sample=bool(clip))
-        scheduler.set_timesteps(steps)
-        for t in scheduler.timesteps:
-            tt = torch.full((x.shape[0],), int(t), device=device, dtype=torch.long)
+        for t in scheduler.timesteps.tolist():
+            tt = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
             e_bg, e_fg = model(x[:, :3], x[:, 3:], tt, img, m)
-            x = scheduler.step(torch.cat([e_bg, e_fg], 1), t, x).prev_sample
-        x = ((x + 1) / 2).clamp(0, 1).cpu()
-        out_bg.append(x[:, :3])
-        out_fg.append(x[:, 3:])
+            eps = torch.cat([e_bg, e_fg], 1)
+            a_t = acp[t]
+            a_prev = acp[t - step] if t - step >= 0 else acp.new_ones(())
+            x0 = x0_from_eps(x, eps, float(a_t))
+            if clip:
+                x0 = torch.maximum(torch.minimum(x0, hi), lo)
+            x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+        layers = from_model_space(x, ref).clamp(0, 1).cpu()
+        out_bg.append(layers[:, :3])
+        out_fg.append(layers[:, 3:])
     return {"background": torch.cat(out_bg), "foreground": torch.cat(out_fg)}
 
 
