@@ -33,6 +33,23 @@ def _verdict(value: Any) -> str:
     raise ValueError(f"reproduced must be True, False, None or one of 'yes', 'no', 'partly', 'n/a'; got {value!r}")
 
 
+#: Badge colours (text, background) of each verdict; ``layerwise.course.VERDICT_COLOURS`` (the
+#: dashboard, which imports nothing of the library) holds the same (tests/test_book.py checks).
+VERDICT_COLOURS = {"yes": ("#116329", "#dafbe1"), "partly": ("#7d4e00", "#fff1c2"),
+                   "no": ("#a40e26", "#ffe0e3"), "n/a": ("#424a53", "#eaeef2")}
+_SYMBOLS = {"yes": "✓", "partly": "◐", "no": "✗", "n/a": "–"}
+
+
+def verdict_badge(verdict: Any) -> str:
+    """A verdict (``True``/``False``/``None`` or ``"yes"``, ``"partly"``, ``"no"``, ``"n/a"``) as an
+    HTML badge: a symbol and the word, coloured (green, amber, red, grey)."""
+    v = _verdict(verdict)
+    fg, bg = VERDICT_COLOURS[v]
+    return (f"<span class='layerwise-verdict layerwise-verdict-{'na' if v == 'n/a' else v}' "
+            f"style='display:inline-block;padding:0.05em 0.55em;border-radius:0.8em;font-weight:600;"
+            f"white-space:nowrap;color:{fg};background:{bg};border:1px solid {fg}'>{_SYMBOLS[v]} {v}</span>")
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -60,14 +77,20 @@ class ResultsTable:
         return self.to_markdown()
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{h}</th>" for h in ("claim", "paper", f"ours ({self.profile})", "reproduced?"))
+        """The table as HTML, each verdict a coloured badge; it fits a phone's width (cells wrap,
+        the verdict never does), so the verdict column is never cut off."""
+        cell = "padding:0.35em 0.5em;border-bottom:1px solid #d0d7de;text-align:left;vertical-align:top"
+        heads = ("claim", "paper", f"ours ({self.profile})", "reproduced?")
+        head = "".join(f"<th style='{cell}'>{html.escape(h)}</th>" for h in heads)
         body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(r[k])}</td>" for k in ("claim", "paper", "ours", "reproduced"))
-            + "</tr>" for r in self.rows)
-        caption = (f"<caption style='caption-side: bottom'>Verdicts follow the course's rule: "
-                   f"<a href='{RULE_PAGE}'>how we judge</a>.</caption>")
-        return (f"<table class='layerwise-results'>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
-                "</table>")
+            "<tr>" + "".join(f"<td style='{cell};overflow-wrap:anywhere'>{html.escape(r[k])}</td>"
+                             for k in ("claim", "paper", "ours"))
+            + f"<td style='{cell};white-space:nowrap'>{verdict_badge(r['reproduced'])}</td></tr>"
+            for r in self.rows)
+        caption = (f"<caption style='caption-side:bottom;text-align:left;font-size:0.9em'>Verdicts follow the "
+                   f"course's rule: <a href='{RULE_PAGE}'>how we judge</a>.</caption>")
+        return (f"<table class='layerwise-results' style='width:100%;border-collapse:collapse;font-size:0.9em'>"
+                f"{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
     def __str__(self) -> str:
         return self.to_markdown()
