@@ -22,15 +22,18 @@ gives the image back. The paper's pieces, as this module implements them at our 
 4. Sampling: DDIM over the two noisy segments together, the conditions fixed (:func:`decompose`).
 
 What is ours rather than the paper's (the chapter's "paper says / we do" table): pixel space
-32×32 with patch 4 instead of the latent space of an RGB VAE and an RGBA VAE; a TinyDiT of about
-0.2 M parameters trained from scratch instead of a 5 B text-to-image DiT; no text; the
+32×32 with patch 4 instead of the latent space of an RGB VAE and an RGBA VAE; a small TinyDiT
+trained from scratch instead of a 5 B text-to-image DiT; no text; the
 consistency loss weight and its weighting over timesteps (the paper gives neither; we weight each
 item by ``ᾱ_t``); the foreground that a camera pair's noisy foreground input starts from (we noise
 the object cut out of the image by the mask, the part of the foreground that is known,
-:func:`known_foreground`).
+:func:`known_foreground`); each layer diffused as its difference from the image (background) or
+from that cut-out (foreground) (:func:`references`).
 
 Conventions: images ``(B, 3, H, W)`` and straight-alpha RGBA layers ``(B, 4, H, W)`` in [0, 1];
-masks ``(B, 1, H, W)`` in {0, 1}; the diffusion runs on ``2x − 1`` (values in [-1, 1]).
+masks ``(B, 1, H, W)`` in {0, 1}. The diffusion runs in model space (:func:`to_model_space`):
+``2 (layer − ref)``, relative to :func:`references` (the image and the object cut out by the mask
+with ``LDConfig.residual``, the zoo's setting *(ours)*; mid-grey otherwise, the usual ``2x − 1``).
 """
 
 from __future__ import annotations

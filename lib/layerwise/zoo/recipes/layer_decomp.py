@@ -21,9 +21,9 @@ from layerwise.zoo.registry import Recipe, register, training_set_size
 
 __all__ = ["LAYER_DECOMP"]
 
-LAYER_DECOMP = dict(model=dict(image_size=32, patch=4, dim=64, depth=4, heads=4),
-                    data=dict(n=12000, seeds=[131, 132], distractor_prob=0.5),
-                    batch_size=16, lr=1e-3, warmup=100, ema=0.999, weighting="abar")
+LAYER_DECOMP = dict(model=dict(image_size=32, patch=4, dim=32, depth=2, heads=2),
+                    data=dict(n=4000, seeds=[131, 132], distractor_prob=0.5),
+                    batch_size=16, lr=1e-3, warmup=50, ema=0.999, weighting="abar")
 _EVAL_N = 128          # held-out scenes per split for the ε-loss check
 _DECOMP_N = 64         # held-out camera scenes decomposed for the manifest's metrics
 
@@ -78,7 +78,7 @@ def _fit_consist(model, cfg, steps, generator, device, progress=None):
     return _fit(model, cfg, steps, generator, device, progress, consistency_weight=VARIANTS["consist"])
 
 
-_STEPS, _SEED = 3000, 13
+_STEPS, _SEED = 1200, 13
 for _variant, _fit_fn, _what in (("v2", _fit_v2, "without the consistency loss (the paper's V2)"),
                                  ("consist", _fit_consist, f"with the consistency loss (weight {VARIANTS['consist']:g}, "
                                                            "each item weighted by ᾱ_t)")):
