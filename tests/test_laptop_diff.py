@@ -290,6 +290,36 @@ def test_removal_losses_are_additive_for_blocks_that_do_not_interact():
     assert out[2]["r"] > 0.8 and 0.5 < out[2]["ratio"] < 2
 
 
+def test_independent_draws_shared_and_own():
+    errors = torch.arange(24, dtype=torch.float64).view(3, 8)          # row k: 8k … 8k + 7
+    shared = ld.independent_draws(errors, 3, torch.Generator().manual_seed(0), shared=True)
+    torch.testing.assert_close(shared - shared[0], torch.tensor([0.0, 8.0, 16.0], dtype=torch.float64))
+    full = ld.independent_draws(errors, 8, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(full, errors.mean(1))
+    own = torch.stack([ld.independent_draws(errors, 2, torch.Generator().manual_seed(i)) for i in range(50)])
+    spread = own - own[:, :1] - torch.tensor([0.0, 8.0, 16.0], dtype=torch.float64)
+    assert spread.abs().max() > 0                                     # the rows drew different examples
+
+
+def test_candidate_removals_and_removal_metrics():
+    m, batch = _dit(depth=8, seed=9), _batch(b=8, seed=9)
+    scores = ld.removal_scores(m, batch)
+    cands = ld.candidate_removals(m, scores, 4, torch.Generator().manual_seed(0))
+    assert list(cands) == ["output loss", "weight magnitude", "random", "every other", "last blocks"]
+    assert cands["output loss"] == ld.select_blocks(scores, 4) and cands["every other"] == [1, 3, 5, 7]
+    assert all(len(v) == 4 for v in cands.values())
+    metrics = ld.removal_metrics(m, batch, [[], cands["output loss"], 3])
+    assert metrics["output_loss"][0].item() == 0.0
+    assert metrics["output_loss"][1].item() == pytest.approx(ld.block_removal_loss(m, cands["output loss"], batch), rel=1e-6)
+    with torch.no_grad():
+        full = m(batch["x_t"], batch["t"], batch["cond"])
+    assert metrics["eps_loss"][0].item() == pytest.approx((full - batch["noise"]).pow(2).mean().item(), rel=1e-6)
+    # the lowest summed score is the lowest loss among these candidates only if additivity holds; at least
+    # the criterion's own choice is no worse than removing the four blocks with the highest scores
+    worst = sorted(scores.argsort(descending=True)[:4].tolist())
+    assert ld.block_removal_loss(m, cands["output loss"], batch) <= ld.block_removal_loss(m, worst, batch)
+
+
 def test_random_subsets():
     g = torch.Generator().manual_seed(0)
     subs = ld.random_subsets(8, [2, 4], 20, g)
@@ -576,6 +606,20 @@ def test_bad_inputs_name_the_argument():
         ld.handcrafted_removal(0, 0, "last")
     with pytest.raises(ValueError, match="n_remove"):
         ld.random_removal(4, 5, torch.Generator())
+    with pytest.raises(ValueError, match="errors"):
+        ld.independent_draws(torch.zeros(3), 1, torch.Generator())
+    with pytest.raises(ValueError, match="size"):
+        ld.independent_draws(torch.zeros(3, 4), 5, torch.Generator())
+    with pytest.raises(TypeError, match="generator"):
+        ld.independent_draws(torch.zeros(3, 4), 2, None)
+    with pytest.raises(ValueError, match="scores"):
+        ld.candidate_removals(m, [0.1, 0.2], 1, torch.Generator())
+    with pytest.raises(ValueError, match="noise"):
+        ld.removal_metrics(m, {k: v for k, v in batch.items() if k != "noise"}, [[0]])
+    with pytest.raises(ValueError, match="subsets"):
+        ld.removal_metrics(m, batch, [])
+    with pytest.raises(ValueError, match="subsets"):
+        ld.removal_metrics(m, batch, [[7]])
     with pytest.raises(ValueError, match="t must"):
         ld.gate_magnitudes(m, torch.tensor(5))
     with pytest.raises(TypeError, match="student_feats"):

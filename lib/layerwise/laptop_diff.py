@@ -310,11 +310,12 @@ def subset_losses(model: TinyDiT, batch: dict, subsets: Sequence[Sequence[int]],
     return out if per_example else out.mean(1)
 
 
-def independent_draws(errors: Tensor, size: int, generator: torch.Generator) -> Tensor:
-    """What each measurement would read *without* common random numbers: row k of ``errors``
-    (K, B) (per-example losses on one shared batch) averaged over its own random ``size`` of the
-    B examples, drawn independently for every row: (K,) float64. Rows then differ by their draw
-    of x₀, t and ε as well as by what they measure."""
+def independent_draws(errors: Tensor, size: int, generator: torch.Generator, *, shared: bool = False) -> Tensor:
+    """Per-example losses ``errors`` (K, B), each row averaged over ``size`` of the B examples:
+    (K,) float64. With ``shared``, every row uses the *same* random examples (common random
+    numbers on a batch of ``size``); otherwise each row draws its own, independently, as if every
+    measurement had been taken on its own batch: rows then differ by their draw of x₀, t and ε as
+    well as by what they measure."""
     if not isinstance(errors, Tensor) or errors.dim() != 2 or errors.shape[1] == 0:
         raise ValueError(f"errors must be a (K, B) tensor of per-example losses, got {getattr(errors, 'shape', type(errors).__name__)}")
     _check_int(size, "size", 1)
@@ -322,8 +323,9 @@ def independent_draws(errors: Tensor, size: int, generator: torch.Generator) -> 
         raise ValueError(f"size={size} is more than the {errors.shape[1]} examples per row")
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    picks = torch.stack([torch.randperm(errors.shape[1], generator=generator)[:size] for _ in range(errors.shape[0])])
-    return errors.double().cpu().gather(1, picks).mean(1)
+    rows = 1 if shared else errors.shape[0]
+    picks = torch.stack([torch.randperm(errors.shape[1], generator=generator)[:size] for _ in range(rows)])
+    return errors.double().cpu().gather(1, picks.expand(errors.shape[0], size)).mean(1)
 
 
 def random_subsets(n_units: int, sizes: Iterable[int], per_size: int, generator: torch.Generator
@@ -453,18 +455,24 @@ def candidate_removals(model: TinyDiT, scores, n_remove: int, generator: torch.G
 
 
 @torch.no_grad()
-def removal_metrics(model: TinyDiT, units: int | Sequence[int], batch: dict) -> dict[str, float]:
-    """How ``model`` with ``units`` removed (no retraining) does on ``batch`` (which must hold the
-    true ``"noise"``): ``{"output_loss": mean (ε_{−S} − ε)², "eps_loss": mean (ε_{−S} − noise)²}``."""
+def removal_metrics(model: TinyDiT, batch: dict, subsets: Sequence[int | Sequence[int]]) -> dict[str, Tensor]:
+    """How ``model`` does with each of ``subsets`` removed (no retraining) on ``batch``, which must
+    hold the true ``"noise"``: ``{"output_loss": (K,), "eps_loss": (K,)}`` float64, the mean
+    (ε_{−S} − ε)² against the full model and the mean (ε_{−S} − noise)² against the true noise."""
     _check_dit(model)
     x_t, t, cond = _check_batch(batch, model)
     if not isinstance(batch.get("noise"), Tensor) or batch["noise"].shape != x_t.shape:
         raise ValueError("batch['noise'] must be the true noise, shaped like batch['x_t']")
-    units = _check_units(units, len(model.blocks))
+    if not isinstance(subsets, (list, tuple)) or not subsets:
+        raise ValueError("subsets must be a non-empty list of block indices or index sequences")
     ref = model(x_t, t, cond)
-    with _without(model, units) as pruned:
-        out = pruned(x_t, t, cond)
-    return {"output_loss": float((out - ref).pow(2).mean()), "eps_loss": float((out - batch["noise"]).pow(2).mean())}
+    out, eps = [], []
+    for units in subsets:
+        with _without(model, _check_units(units, len(model.blocks), "subsets")) as pruned:
+            pred = pruned(x_t, t, cond)
+        out.append(float((pred - ref).pow(2).mean()))
+        eps.append(float((pred - batch["noise"]).pow(2).mean()))
+    return {"output_loss": torch.tensor(out, dtype=torch.float64), "eps_loss": torch.tensor(eps, dtype=torch.float64)}
 
 
 def random_removal(depth: int, n_remove: int, generator: torch.Generator) -> list[int]:
