@@ -11,6 +11,10 @@ Command line (used by the Makefile)::
     python -m layerwise.course execute [--profile auto] [--out _build/src] [--workers 2]
     python -m layerwise.course release
     python -m layerwise.course verdicts --from _build/src [--write]
+    python -m layerwise.course dashboard --book _build/src
+
+The dashboard (``book/results.md`` of the staged book, :func:`write_dashboard`) is generated from
+every executed chapter's ``*.results.json`` before Jupyter Book builds the HTML.
 
 The fast profile's verdicts of every chapter are pinned in ``tests/verdicts.json`` (the chapter
 tests fail, naming the claim, when one changes); ``verdicts --write`` re-pins the chapters found in
@@ -20,6 +24,8 @@ an executed book (the others stay as pinned), a deliberate act to review in the 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import html
 import json
 import os
 import re
@@ -32,6 +38,13 @@ from pathlib import Path
 CHAPTER_RE = re.compile(r"^\d\d[a-z]?_[a-z0-9_]+\.ipynb$")
 BOOK_FILES = ("_config.yml", "_toc.yml", "references.bib")
 VERDICTS = Path("tests") / "verdicts.json"
+DASHBOARD = Path("book") / "results.md"
+VERDICT_ORDER = ("yes", "partly", "no", "n/a")
+#: (text, background) of each verdict's badge: the same as ``layerwise.core.report.VERDICT_COLOURS``
+#: (this module imports nothing of the library; tests/test_book.py checks they agree).
+VERDICT_COLOURS = {"yes": ("#116329", "#dafbe1"), "partly": ("#7d4e00", "#fff1c2"),
+                   "no": ("#a40e26", "#ffe0e3"), "n/a": ("#424a53", "#eaeef2")}
+VERDICT_SYMBOLS = {"yes": "✓", "partly": "◐", "no": "✗", "n/a": "–"}
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -146,6 +159,103 @@ def verdict_changes(pinned: list[dict], rows: list[dict]) -> list[str]:
     return out
 
 
+def collect_results(executed: Path) -> list[dict]:
+    """Every executed chapter's results table under ``executed`` (a staged book), in chapter order.
+
+    Each is the ``*.results.json`` that ``core.paper_table`` saved next to its notebook, plus
+    ``page`` (the notebook's path relative to ``executed``, POSIX) and ``title`` (its first heading).
+    Tables without their notebook next to them are left out."""
+    executed = Path(executed)
+    found = []
+    for path in executed.rglob("*.results.json"):
+        table = json.loads(path.read_text())
+        notebook = path.with_name(f"{table['chapter']}.ipynb")
+        if not notebook.exists():
+            continue
+        cells = json.loads(notebook.read_text()).get("cells", [])
+        first = "".join(cells[0]["source"]) if cells else ""
+        title = re.match(r"#\s+(.+)", first)
+        found.append({**table, "page": notebook.relative_to(executed).as_posix(),
+                      "title": title.group(1).strip() if title else table["chapter"]})
+    return sorted(found, key=lambda t: t["page"])          # the book's order: part folders, then chapters
+
+
+def _badge(verdict: str) -> str:
+    fg, bg = VERDICT_COLOURS[verdict]
+    slug = "na" if verdict == "n/a" else verdict
+    return (f"<span class='layerwise-verdict layerwise-verdict-{slug}' style='display:inline-block;"
+            f"padding:0.05em 0.55em;border-radius:0.8em;font-weight:600;white-space:nowrap;color:{fg};"
+            f"background:{bg};border:1px solid {fg}'>{VERDICT_SYMBOLS[verdict]} {verdict}</span>")
+
+
+def _when(meta: dict) -> str:
+    try:
+        return dt.datetime.fromisoformat(meta["created"]).strftime("%Y-%m-%d %H:%M")
+    except (KeyError, TypeError, ValueError):
+        return "unknown"
+
+
+def dashboard_markdown(results: list[dict], page: str = DASHBOARD.as_posix()) -> str:
+    """The dashboard page (MyST Markdown) for ``results`` (:func:`collect_results`) placed at
+    ``page``: the verdicts counted over the course, one summary row per chapter (linked), and every
+    claim with the paper's value, ours and its verdict badge, each row linking to its chapter."""
+    here = Path(page).parent
+    counts = {v: sum(r["reproduced"] == v for t in results for r in t["rows"]) for v in VERDICT_ORDER}
+    total = sum(counts.values())
+    out = ["# Results across the course", "",
+           "Every chapter ends its experiment with a table of the paper's claims: the paper's number, "
+           "ours from the run that built this page, and whether the claim reproduced. This page "
+           "collects those tables; it is generated when the book is built "
+           "(`python -m layerwise.course dashboard`), from the `*.results.json` file each chapter "
+           "saves, so it always shows the same run as the chapters.", "",
+           f"**Over the course:** {total} claims in {len(results)} chapters: "
+           + " · ".join(f"{_badge(v)} {counts[v]}" for v in VERDICT_ORDER) + ".", ""]
+    cell = "padding:0.3em 0.45em;border-bottom:1px solid #d0d7de;text-align:left;vertical-align:top"
+    num = cell.replace("text-align:left", "text-align:right")
+    heads = ["chapter"] + [f"{VERDICT_SYMBOLS[v]} {v}" for v in VERDICT_ORDER] + ["run"]
+    rows = ["<tr>" + "".join(f"<th style='{cell if h == 'chapter' else num}'>{html.escape(h)}</th>"
+                             for h in heads) + "</tr>"]
+    for t in results:
+        href = html.escape(Path(os.path.relpath(t["page"], here)).with_suffix(".html").as_posix())
+        n = {v: sum(r["reproduced"] == v for r in t["rows"]) for v in VERDICT_ORDER}
+        number = t["chapter"].split("_", 1)[0]
+        rows.append(f"<tr data-summary='{html.escape(t['chapter'])}'><td style='{cell}'><a href='{href}'>"
+                    f"{number} · {html.escape(t['title'])}</a></td>"
+                    + "".join(f"<td style='{num}'>{n[v]}</td>" for v in VERDICT_ORDER)
+                    + f"<td style='{num}'>{html.escape(t['profile'])}, {_when(t.get('meta', {}))}</td></tr>")
+    out.append("<table class='layerwise-dashboard-summary' style='width:100%;border-collapse:collapse;"
+               "font-size:0.9em'>" + "".join(rows) + "</table>")
+    out += ["", "## Every claim", "",
+            "The verdict follows each chapter's stated rule (statistical claims: "
+            "`layerwise.core.compare` over seeds; exact claims: the tolerance the claim states). "
+            "Follow a chapter's link for the experiment behind each row.", ""]
+    cell = "padding:0.3em 0.4em;border-bottom:1px solid #d0d7de;text-align:left;vertical-align:top"
+    heads = ("ch.", "reproduced?", "claim", "paper", "ours")
+    rows = [f"<tr>{''.join(f'<th style={chr(34)}{cell}{chr(34)}>{h}</th>' for h in heads)}</tr>"]
+    for t in results:
+        href = html.escape(Path(os.path.relpath(t["page"], here)).with_suffix(".html").as_posix())
+        number = t["chapter"].split("_", 1)[0]
+        for r in t["rows"]:
+            rows.append(
+                f"<tr data-chapter='{html.escape(t['chapter'])}'>"
+                f"<td style='{cell};white-space:nowrap'><a href='{href}' title='{html.escape(t['title'])}'>{number}</a></td>"
+                f"<td style='{cell};white-space:nowrap'>{_badge(r['reproduced'])}</td>"
+                + "".join(f"<td style='{cell};overflow-wrap:anywhere'>{html.escape(r[k])}</td>"
+                          for k in ("claim", "paper", "ours")) + "</tr>")
+    out.append("<table class='layerwise-dashboard' style='width:100%;border-collapse:collapse;font-size:0.9em'>"
+               + "".join(rows) + "</table>")
+    return "\n".join(out) + "\n"
+
+
+def write_dashboard(book: Path) -> Path:
+    """Write the dashboard page into a staged, executed book (``book/results.md``); returns its path."""
+    book = Path(book)
+    path = book / DASHBOARD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dashboard_markdown(collect_results(book)))
+    return path
+
+
 def nbgrader(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     """Run ``nbgrader`` from this environment (its ``bin/`` first on PATH: nbgrader needs ``alembic``)."""
     env = dict(os.environ)
@@ -172,10 +282,15 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--out", default="_build/src")
     ex.add_argument("--workers", type=int, default=2, help="chapters executed at a time (default 2)")
     sub.add_parser("release", help="regenerate exercises/ from solutions/")
+    da = sub.add_parser("dashboard", help="write the results dashboard into an executed book")
+    da.add_argument("--book", default="_build/src", help="folder of an executed book")
     ve = sub.add_parser("verdicts", help="compare an executed book's fast-profile verdicts with tests/verdicts.json")
     ve.add_argument("--from", dest="src", default="_build/src", help="folder of an executed book")
     ve.add_argument("--write", action="store_true", help="rewrite tests/verdicts.json from it (review the diff)")
     a = ap.parse_args(argv)
+    if a.cmd == "dashboard":             # the executed book may lie anywhere (relative to the cwd)
+        print(f"wrote {write_dashboard(Path(a.book).resolve())}")
+        return 0
     root = repo_root()
     if a.cmd == "execute":
         out = (root / a.out).resolve()

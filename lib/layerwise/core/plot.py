@@ -1,7 +1,11 @@
-"""Plotting helpers: curves over several seeds drawn as a mean line with a band; image grids.
+"""Plotting helpers: the book's figure style, curves over several seeds drawn as a mean line with a
+band, image grids, and the one widget every chapter uses.
 
-:func:`image_grid` draws RGBA images over :func:`layerwise.data.rgba.checkerboard` (the data
-package is the library's ground floor: core may use it, never the other way round).
+:func:`use_book_style` (called by :func:`layerwise.core.setup`) sizes figures for the book's text
+column and renders them at twice the pixels; :func:`figure_size` gives the ``figsize`` of a figure
+of ``n`` panels laid out at most ``cols`` a row. :func:`image_grid` draws RGBA images over
+:func:`layerwise.data.rgba.checkerboard` (the data package is the library's ground floor: core may
+use it, never the other way round).
 """
 
 from __future__ import annotations
@@ -11,6 +15,73 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
+
+#: The book's text column, in inches at :data:`BOOK_DPI`: 7.5 in × 90 dpi = 675 CSS pixels, the width
+#: of a code cell in the book's theme at a 1280-pixel window. A figure of this width is shown at its
+#: own size, so its labels are as large on the page as their font size says.
+COLUMN_WIDTH = 7.5
+BOOK_DPI = 90
+#: At most this many panels side by side in the column; more go onto further rows.
+MAX_COLS = 3
+#: matplotlib settings of the book's figures (:func:`use_book_style`).
+BOOK_STYLE = {
+    "figure.figsize": (COLUMN_WIDTH, 0.6 * COLUMN_WIDTH),
+    "figure.dpi": BOOK_DPI,
+    "savefig.dpi": 2 * BOOK_DPI,
+    "font.size": 10,
+    "axes.titlesize": 10.5,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 9,
+    "figure.titlesize": 11,
+}
+
+
+def use_book_style(retina: bool = True) -> None:
+    """Apply the book's figure style (:data:`BOOK_STYLE`) to matplotlib.
+
+    Figures default to the width of the text column, with fonts sized to be read at that width.
+    In a Jupyter kernel with the inline backend, figures are also rendered at twice their pixels
+    (``retina``): the page shows them at the column's width, sharp on high-density screens.
+    :func:`layerwise.core.setup` calls this, so every chapter gets it.
+    """
+    import matplotlib as mpl
+
+    mpl.rcParams.update(BOOK_STYLE)
+    if not retina:
+        return
+    try:
+        from IPython import get_ipython
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+    except ImportError:            # no IPython: plain scripts keep matplotlib's own formats
+        return
+    if get_ipython() is not None and "inline" in mpl.get_backend():
+        set_matplotlib_formats("retina")
+
+
+def figure_size(panels: int = 1, *, cols: int | None = None, aspect: float = 0.7,
+                width: float = COLUMN_WIDTH) -> tuple[float, float]:
+    """The ``figsize`` of a figure of ``panels`` equal panels for the book's column.
+
+    Panels are laid out ``cols`` a row (default: all of them, up to :data:`MAX_COLS`; at most
+    :data:`MAX_COLS`), each ``aspect`` times as high as it is wide; the figure is ``width`` inches
+    wide (the column) and as high as its rows need. ``plt.subplots(rows, cols,
+    figsize=figure_size(panels, cols=cols))``.
+    """
+    if isinstance(panels, bool) or not isinstance(panels, int) or panels < 1:
+        raise ValueError(f"panels must be a positive int, got {panels!r}")
+    if cols is None:
+        cols = min(panels, MAX_COLS)
+    if isinstance(cols, bool) or not isinstance(cols, int) or not 1 <= cols <= MAX_COLS:
+        raise ValueError(f"cols must be an int from 1 to {MAX_COLS} (panels side by side), got {cols!r}")
+    if isinstance(aspect, bool) or not isinstance(aspect, (int, float)) or not aspect > 0:
+        raise ValueError(f"aspect must be a number > 0 (panel height / width), got {aspect!r}")
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 2 * COLUMN_WIDTH:
+        raise ValueError(f"width must be a number of inches in (0, {2 * COLUMN_WIDTH}], got {width!r}")
+    cols = min(cols, panels)
+    rows = math.ceil(panels / cols)
+    return float(width), float(rows * aspect * width / cols)
 
 
 def band(runs: np.ndarray | Sequence[Sequence[float]], smooth: int = 1

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 _VERDICTS = {True: "yes", False: "no", None: "n/a"}
+#: The book page that states the verdict rule, relative to a chapter page (book/<part>/<chapter>.html).
+RULE_PAGE = "../how_we_judge.html"
 
 
 def _verdict(value: Any) -> str:
@@ -29,6 +31,23 @@ def _verdict(value: Any) -> str:
     if isinstance(value, str) and value in ("yes", "no", "partly", "n/a"):
         return value
     raise ValueError(f"reproduced must be True, False, None or one of 'yes', 'no', 'partly', 'n/a'; got {value!r}")
+
+
+#: Badge colours (text, background) of each verdict; ``layerwise.course.VERDICT_COLOURS`` (the
+#: dashboard, which imports nothing of the library) holds the same (tests/test_book.py checks).
+VERDICT_COLOURS = {"yes": ("#116329", "#dafbe1"), "partly": ("#7d4e00", "#fff1c2"),
+                   "no": ("#a40e26", "#ffe0e3"), "n/a": ("#424a53", "#eaeef2")}
+_SYMBOLS = {"yes": "✓", "partly": "◐", "no": "✗", "n/a": "–"}
+
+
+def verdict_badge(verdict: Any) -> str:
+    """A verdict (``True``/``False``/``None`` or ``"yes"``, ``"partly"``, ``"no"``, ``"n/a"``) as an
+    HTML badge: a symbol and the word, coloured (green, amber, red, grey)."""
+    v = _verdict(verdict)
+    fg, bg = VERDICT_COLOURS[v]
+    return (f"<span class='layerwise-verdict layerwise-verdict-{'na' if v == 'n/a' else v}' "
+            f"style='display:inline-block;padding:0.05em 0.55em;border-radius:0.8em;font-weight:600;"
+            f"white-space:nowrap;color:{fg};background:{bg};border:1px solid {fg}'>{_SYMBOLS[v]} {v}</span>")
 
 
 def _fmt(value: Any) -> str:
@@ -51,17 +70,27 @@ class ResultsTable:
         lines = ["| claim | paper | ours (" + self.profile + ") | reproduced? |", "|---|---|---|---|"]
         for r in self.rows:
             lines.append(f"| {r['claim']} | {r['paper']} | {r['ours']} | {r['reproduced']} |")
+        lines.append(f"\nVerdicts follow the course's rule ({RULE}): see [How we judge]({RULE_PAGE}).")
         return "\n".join(lines)
 
     def _repr_markdown_(self) -> str:
         return self.to_markdown()
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{h}</th>" for h in ("claim", "paper", f"ours ({self.profile})", "reproduced?"))
+        """The table as HTML, each verdict a coloured badge; it fits a phone's width (cells wrap,
+        the verdict never does), so the verdict column is never cut off."""
+        cell = "padding:0.35em 0.5em;border-bottom:1px solid #d0d7de;text-align:left;vertical-align:top"
+        heads = ("claim", "paper", f"ours ({self.profile})", "reproduced?")
+        head = "".join(f"<th style='{cell}'>{html.escape(h)}</th>" for h in heads)
         body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(r[k])}</td>" for k in ("claim", "paper", "ours", "reproduced"))
-            + "</tr>" for r in self.rows)
-        return f"<table class='layerwise-results'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+            "<tr>" + "".join(f"<td style='{cell};overflow-wrap:anywhere'>{html.escape(r[k])}</td>"
+                             for k in ("claim", "paper", "ours"))
+            + f"<td style='{cell};white-space:nowrap'>{verdict_badge(r['reproduced'])}</td></tr>"
+            for r in self.rows)
+        caption = (f"<caption style='caption-side:bottom;text-align:left;font-size:0.9em'>Verdicts follow the "
+                   f"course's rule: <a href='{RULE_PAGE}'>how we judge</a>.</caption>")
+        return (f"<table class='layerwise-results' style='width:100%;border-collapse:collapse;font-size:0.9em'>"
+                f"{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
     def __str__(self) -> str:
         return self.to_markdown()
@@ -112,8 +141,9 @@ RULES = {
     "t05": "a one-sided t-test over seeds rejects 'ours is no better than the baseline' at the 5 % level "
            "(paired over seeds where the runs are paired, Welch's test otherwise)",
 }
-#: The course's rule: what :func:`compare` applies unless told otherwise.
-RULE = "se"
+#: The course's rule: what :func:`compare` applies unless told otherwise (stated on the book's
+#: "How we judge" page, book/how_we_judge.md).
+RULE = "t05"
 
 
 @dataclass(frozen=True)
