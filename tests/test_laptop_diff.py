@@ -497,7 +497,7 @@ def test_student_zoo_names():
 
 def test_the_zoo_teacher_is_trained_enough_to_prune():
     """Pitfall 4 measured: the teacher's gates are far from zero and removing any block costs
-    something, with the first block the costliest to lose."""
+    something."""
     from layerwise import zoo
 
     teacher = zoo.load("laptop_teacher16")

@@ -2,9 +2,9 @@
 
 - ``laptop_teacher16``: the teacher, deep enough for "remove half the layers": a depth-8 TinyDiT
   ε-predictor on the diffusion primer's 16×16 centred sprites (shape-conditional, null label;
-  EMA weights), so that ``sprite_classifier16`` can judge its samples. Width 64 and batch 32 keep
-  its training near the CPU budget (~20 min at one thread); it is not as converged as the wider,
-  shallower ``sprite_dit16``.
+  EMA weights), so that ``sprite_classifier16`` can judge its samples. Width 64, patch 4 (16
+  tokens) and 1500 steps keep its training to ~7 CPU-minutes at one thread; it is less converged
+  than the wider, shallower ``sprite_dit16`` (the full profile could retrain a wider one).
 - ``laptop_student_<selection>_<kd>_s<seed>``: the teacher with half its blocks removed and
   retrained by feature distillation: ``selection`` is the one-shot output-loss criterion
   (``oloss``, scored on a fixed calibration batch) or the better of the hand-made removals
@@ -25,8 +25,8 @@ from layerwise.zoo.registry import Recipe, register, training_set_size
 
 __all__ = ["TEACHER", "STUDENT"]
 
-TEACHER = dict(model=dict(in_channels=3, image_size=16, patch=2, dim=64, depth=8, heads=4, num_classes=6),
-               data=dict(n=12000, seed=0), batch_size=32, lr=1e-3, ema=0.999)
+TEACHER = dict(model=dict(in_channels=3, image_size=16, patch=4, dim=64, depth=8, heads=4, num_classes=6),
+               data=dict(n=12000, seed=0), batch_size=64, lr=1.5e-3, ema=0.998)
 _EVAL_N = 2048
 
 
@@ -66,8 +66,8 @@ def _eval_eps(model, generator, device):
 
 register(Recipe(
     name="laptop_teacher16", build=_build_teacher, fit=_fit_teacher, evaluate=_eval_eps, config=TEACHER,
-    steps=4800, seed=170, metric="heldout_eps_mse", tolerance=1.25,
-    description="LAPTOP-Diff's teacher: TinyDiT depth 8 (dim 64, patch 2), ε-predictor on 16×16 centred sprites "
+    steps=1500, seed=170, metric="heldout_eps_mse", tolerance=1.25,
+    description="LAPTOP-Diff's teacher: TinyDiT depth 8 (dim 64, patch 4), ε-predictor on 16×16 centred sprites "
                 "on grey, conditioned on the shape (6 classes + 'none'); pixel values in [-1, 1]; EMA weights"))
 
 
@@ -124,7 +124,7 @@ for _sel, _norm in STUDENT_VARIANTS:
     for _seed in STUDENT_SEEDS:
         register(Recipe(
             name=student_zoo_name(_sel, _norm, _seed), build=_build_student, fit=_fit_student, evaluate=_eval_eps,
-            config={**STUDENT, "selection": _sel, "normalize": _norm}, steps=600, seed=1700 + _seed,
+            config={**STUDENT, "selection": _sel, "normalize": _norm}, steps=300, seed=1700 + _seed,
             metric="heldout_eps_mse", requires=("laptop_teacher16",), tolerance=1.25,
             description=f"laptop_teacher16 with 4 of 8 blocks removed ({'output-loss criterion' if _sel == 'oloss' else 'the better hand-made removal'}) "
                         f"and retrained by {'normalised' if _norm else 'raw'} feature distillation, seed {_seed}"))
