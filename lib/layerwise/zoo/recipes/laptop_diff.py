@@ -124,7 +124,7 @@ for _sel, _norm in STUDENT_VARIANTS:
     for _seed in STUDENT_SEEDS:
         register(Recipe(
             name=student_zoo_name(_sel, _norm, _seed), build=_build_student, fit=_fit_student, evaluate=_eval_eps,
-            config={**STUDENT, "selection": _sel, "normalize": _norm}, steps=300, seed=1700 + _seed,
+            config={**STUDENT, "selection": _sel, "normalize": _norm}, steps=200, seed=1700 + _seed,
             metric="heldout_eps_mse", requires=("laptop_teacher16",), tolerance=1.25,
             description=f"laptop_teacher16 with 4 of 8 blocks removed ({'output-loss criterion' if _sel == 'oloss' else 'the better hand-made removal'}) "
                         f"and retrained by {'normalised' if _norm else 'raw'} feature distillation, seed {_seed}"))
