@@ -3,8 +3,9 @@
 - ``laptop_teacher16``: the teacher, deep enough for "remove half the layers": a depth-8 TinyDiT
   ε-predictor on the diffusion primer's 16×16 centred sprites (shape-conditional, null label;
   EMA weights), so that ``sprite_classifier16`` can judge its samples. Width 64, patch 4 (16
-  tokens) and 1500 steps keep its training to ~7 CPU-minutes at one thread; it is less converged
-  than the wider, shallower ``sprite_dit16`` (the full profile could retrain a wider one).
+  tokens) and 1500 steps keep its training to ~7 CPU-minutes at one thread (17 min wall on the
+  shared machine). It is under-trained next to the wider, shallower ``sprite_dit16``: mean gates
+  0.06-0.17 (``sprite_dit16``: 0.19-0.26), and its samples are not yet recognisable sprites.
 - ``laptop_student_<selection>_<kd>_s<seed>``: the teacher with half its blocks removed and
   retrained by feature distillation: ``selection`` is the one-shot output-loss criterion
   (``oloss``, scored on a fixed calibration batch) or the better of the hand-made removals
