@@ -156,9 +156,9 @@ _G = _guard.api()   # the guard's control functions, as its audit hook installed
 
 def _tripped(name: str, hits: Sequence[str], findings: Sequence[str], mods: str) -> CallsReferenceError:
     """The error for an item the guard tripped: what was seen, politely, and what the exercise wants."""
-    seen = "; ".join(findings[:4]) + ("; ..." if len(findings) > 4 else "")
+    seen = "; ".join(findings[:30]) + ("; ..." if len(findings) > 30 else "")
     if hits:
-        msg = (f"{name} calls the reference implementation ({mods}: {', '.join(sorted(set(hits))[:6])}). "
+        msg = (f"{name} calls the reference implementation ({mods}: {'; '.join(sorted(set(hits))[:30])}). "
                "This exercise asks you to write it yourself with torch operations; "
                "a submission that only calls the library scores 0 for this item.")
         if findings:
@@ -385,7 +385,7 @@ def _fingerprints(code: Any) -> frozenset[bytes]:
 
 def _resolve(reference: str | Callable[..., Any]) -> tuple[Callable[..., Any], ModuleType, ModuleType, Any]:
     if callable(reference) and not isinstance(reference, str):
-        module = sys.modules[reference.__module__]
+        module = sys.modules.get(getattr(reference, "__module__", None) or "", None) or ModuleType("reference")
         return reference, module, module, None
     if not isinstance(reference, str) or "." not in reference:
         raise ValueError(f"reference must be 'package.module.function' or a function, got {reference!r}")
@@ -396,6 +396,43 @@ def _resolve(reference: str | Callable[..., Any]) -> tuple[Callable[..., Any], M
     if fn is None:
         raise ValueError(f"reference module {mod_name} has no function {fn_name!r}")
     return fn, module, original, code
+
+
+def _check_case(student_fn: Callable[..., Any], ref_fn: Callable[..., Any], case: Case, name: str,
+                params: list[str], mods: str, atol: float, rtol: float, time_limit: float | None, hint: str,
+                seed: int | None) -> None:
+    """One case, in its own frame, so that nothing of it (the expected value above all) is left
+    for the next case's call to find."""
+    call = _describe_call(name, params, case)
+    inputs = [copy.deepcopy(case.args), copy.deepcopy(case.kwargs)]
+    ref_args, ref_kwargs = copy.deepcopy(case.args), copy.deepcopy(case.kwargs)
+    before = _digest((ref_args, ref_kwargs))
+    kind, got, exc = _call_student(student_fn, inputs, time_limit, name)
+    _raise_if_tripped(name, mods)
+    if _digest((ref_args, ref_kwargs)) != before:
+        raise TamperingError(f"{name} scores 0 for this item: the inputs the grader keeps for the reference "
+                             "were changed while it ran. This exercise asks for your own torch code.")
+    if kind == "stub":
+        raise AssertionError(f"{name} is not implemented yet: replace `raise NotImplementedError()` with your code")
+    if kind == "timeout":
+        raise StudentTimeoutError(got)
+    if kind == "raised":
+        if isinstance(exc, AssertionError):
+            raise AssertionError(f"{got.split(': ', 1)[-1]}\n  case: {case.name}\n  call: {call}") from None
+        raise AssertionError(f"{name} raised {got}\n  case: {case.name}\n  call: {call}") from exc
+    if kind == "output":
+        raise AssertionError(f"{got}\n  case: {case.name}\n  call: {call}")
+    expected = ref_fn(*ref_args, **ref_kwargs)
+    _raise_if_tripped(name, mods)
+    msg = _compare(got, expected, atol, rtol)
+    if msg:
+        lines = [f"{name} is not right yet on the case '{case.name}'.", f"  call: {call}", f"  {msg}",
+                 f"  expected: {describe(expected)}", f"  got:      {describe(got)}"]
+        if seed is not None:
+            lines.append(f"  (random inputs drawn with seed {seed})")
+        if hint:
+            lines.append(f"  hint: {hint}")
+        raise AssertionError("\n".join(lines))
 
 
 def check_function(student_fn: Callable[..., Any], reference: str | Callable[..., Any], cases: Sequence[Case], *,
@@ -428,10 +465,13 @@ def check_function(student_fn: Callable[..., Any], reference: str | Callable[...
     mods = original.__name__
     files = frozenset(_module_files([original, ref_module]))
     allowed = frozenset()
-    if not isinstance(reference, str):   # a reference function defined in a notebook or test file
-        ref_code = getattr(reference, "__code__", None)
-        if ref_code is not None and isinstance(ref_code.co_filename, str):
-            allowed = frozenset({str.__str__(ref_code.co_filename)})
+    if not isinstance(reference, str):   # a reference function, maybe defined in a notebook or a test file
+        mods = f"{original.__name__}.{name}"
+        ref_file = getattr(getattr(reference, "__code__", None), "co_filename", None)
+        student_file = getattr(getattr(student_fn, "__code__", None), "co_filename", None)
+        files = frozenset({str.__str__(ref_file)} if isinstance(ref_file, str) and ref_file != student_file else ())
+        if isinstance(ref_file, str):
+            allowed = frozenset({str.__str__(ref_file)})
     status = _G["begin_check"](files, _fingerprints(code), allowed, (original, ref_module))
     if status != ["ok"]:
         raise TamperingError(f"{name}: the course's grader could not start its watch, so the item scores 0 "
@@ -439,37 +479,7 @@ def check_function(student_fn: Callable[..., Any], reference: str | Callable[...
     failure: BaseException | None = None
     try:
         for case in cases:
-            call = _describe_call(name, params, case)
-            inputs = [copy.deepcopy(case.args), copy.deepcopy(case.kwargs)]
-            ref_args, ref_kwargs = copy.deepcopy(case.args), copy.deepcopy(case.kwargs)
-            before = _digest((ref_args, ref_kwargs))
-            kind, got, exc = _call_student(student_fn, inputs, time_limit, name)
-            _raise_if_tripped(name, mods)
-            if _digest((ref_args, ref_kwargs)) != before:
-                raise TamperingError(f"{name} scores 0 for this item: the inputs the grader keeps for the reference "
-                                     "were changed while it ran. This exercise asks for your own torch code.")
-            if kind == "stub":
-                raise AssertionError(f"{name} is not implemented yet: replace `raise NotImplementedError()` "
-                                     "with your code")
-            if kind == "timeout":
-                raise StudentTimeoutError(got)
-            if kind == "raised":
-                if isinstance(exc, AssertionError):
-                    raise AssertionError(f"{got.split(': ', 1)[-1]}\n  case: {case.name}\n  call: {call}") from None
-                raise AssertionError(f"{name} raised {got}\n  case: {case.name}\n  call: {call}") from exc
-            if kind == "output":
-                raise AssertionError(f"{got}\n  case: {case.name}\n  call: {call}")
-            expected = ref_fn(*ref_args, **ref_kwargs)
-            _raise_if_tripped(name, mods)
-            msg = _compare(got, expected, atol, rtol)
-            if msg:
-                lines = [f"{name} is not right yet on the case '{case.name}'.", f"  call: {call}", f"  {msg}",
-                         f"  expected: {describe(expected)}", f"  got:      {describe(got)}"]
-                if seed is not None:
-                    lines.append(f"  (random inputs drawn with seed {seed})")
-                if hint:
-                    lines.append(f"  hint: {hint}")
-                raise AssertionError("\n".join(lines))
+            _check_case(student_fn, ref_fn, case, name, params, mods, atol, rtol, time_limit, hint, seed)
     except BaseException as e:  # noqa: BLE001  (decided below, after the watch has ended)
         failure = e
     finally:

@@ -47,6 +47,18 @@ def _profile(frame, event, arg, _audit=sys.audit, _name=PROFILE_EVENT):  # noqa:
     _audit(_name, frame, event, arg)
 
 
+def _trace_global(frame, event, arg):  # noqa: ANN001
+    """The global trace function the guard installs when a notebook removed its profiler during a
+    test cell: it traces nothing itself; the test cell's frame gets :func:`_trace_local`."""
+    return None
+
+
+def _trace_local(frame, event, arg, _audit=sys.audit, _name=PROFILE_EVENT):  # noqa: ANN001
+    """Local trace function of a test cell's frame: forwards its events like :func:`_profile`."""
+    _audit(_name, frame, event, arg)
+    return frame.f_trace
+
+
 # The control functions. Each only raises one audit event; the hook checks that the event comes
 # from these very functions, called from the genuine check module, and answers through ``box``.
 
@@ -130,10 +142,12 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
     IndexError, AttributeError, Exception, ImportError = _b.IndexError, _b.AttributeError, _b.Exception, _b.ImportError
     import _thread
     import dis
+    import functools
     import gc
     import os
     import signal
     import site
+    import linecache
     import sys as sysmod
     import sysconfig
     import threading
@@ -153,9 +167,11 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
     modules_, meta_path_, path_hooks_ = sysmod.modules, sysmod.meta_path, sysmod.path_hooks
     get_ident, sleep, monotonic = _thread.get_ident, time.sleep, time.monotonic
     getsignal = signal.getsignal
+    line_cache = linecache.cache
     signals = tuple(sorted(int(s) for s in signal.valid_signals()))
     getcwd, stat_ = os.getcwd, os.stat
     get_objects = gc.get_objects
+    gc_callbacks = gc.callbacks
     collect = gc.collect
     FunctionType, MethodType, CodeType = types.FunctionType, types.MethodType, types.CodeType
     BuiltinFunctionType, ModuleType = types.BuiltinFunctionType, types.ModuleType
@@ -171,15 +187,21 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
     RETURN_VALUE = dis.opmap.get("RETURN_VALUE", -1)
     PROFILE, CTL_ = PROFILE_EVENT, CTL
     profile_fn = _profile
+    trace_global, trace_local = _trace_global, _trace_local
+    settrace = sysmod.settrace
     me = modules_[__name__]
     API = {n: getattr(me, n) for n in ("api", "arm", "is_armed", "begin_check", "begin_call", "end_call",
                                         "status", "end_check", "notebook_findings")}
     API_CODE = {n: f.__code__ for n, f in API.items()}
     run_code = None
+    transparent_codes = set()     # functions outside the transparent modules that act for their caller
     if "IPython" in modules_:
         try:
-            from IPython.core.interactiveshell import InteractiveShell
-            run_code = InteractiveShell.run_code.__code__
+            from IPython.core import interactiveshell
+            run_code = interactiveshell.InteractiveShell.run_code.__code__
+            wrapped_open = getattr(interactiveshell, "_modified_open", None)   # IPython's open() in cells
+            if isinstance(wrapped_open, types.FunctionType):
+                transparent_codes.add(wrapped_open.__code__)
         except Exception:  # noqa: BLE001  (no IPython shell: no cells to watch)
             pass
 
@@ -306,6 +328,9 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
     S.internal_errors = 0
     S.deliberate = False
     S.main_tid = threading.main_thread().ident
+    S.sticky = []                # found outside checks, not stopping the notebook: added to every later check
+    S.expect_unset = 0           # CPython's own unsetting of our profiler after we raised from it
+    S.check_module = None
 
     class Check:
         pass
@@ -317,9 +342,9 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
         def real(self):  # noqa: ANN201  (reached by LOAD_ATTR in the tripwire code)
             c = S.check
             if c is not None:
-                c.ref_hits.append(self.name)
-            raise RuntimeError(f"{self.name}: this call into the reference implementation was blocked by the "
-                               "course's grader (the exercise asks for your own code)")
+                c.ref_hits.append(self.name + called_from(getframe(2)))
+            raise RuntimeError(f"{self.name} calls the reference implementation, which this exercise asks you to "
+                               "write yourself: the call was blocked by the course's grader")
 
     TRIP_MARK = 9876543210123
 
@@ -347,6 +372,15 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
         S.kcache[fn] = k
         return k
 
+    def called_from(f):
+        """' from <qualname>' when ``f`` (the caller of a reference function) is the submission's code."""
+        if f is None:
+            return ""
+        code = f.f_code
+        if classify(code.co_filename) not in SUBMISSION:
+            return ""
+        return " from " + sname(code.co_qualname)
+
     def taint(fn):
         if type(fn) is str and not fn.startswith(grading_dir):
             S.tainted.add(fn)
@@ -357,8 +391,9 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
         skip = TRANSPARENT if skip is None else skip
         n = 0
         while f is not None and n < 500:
-            fn = f.f_code.co_filename
-            if type(fn) is not str or not fn.startswith(skip):
+            code = f.f_code
+            fn = code.co_filename
+            if type(fn) is not str or not (fn.startswith(skip) or code in transparent_codes):
                 return classify(fn), f
             f = f.f_back
             n += 1
@@ -371,7 +406,7 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
         return " via " + sname(f0.f_code.co_filename).rpartition("/")[2]
 
     def where(f):
-        return "" if f is None else f" in {sname(f.f_code.co_name)}()"
+        return "" if f is None else f" in {sname(f.f_code.co_qualname)}()"
 
     # ---------------------------------------------------------------- recording
     def found(text, block=True):
@@ -404,8 +439,8 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
             except TypeError:
                 return
             if keys is None:
-                out.append((name, d, {k: v for k, v in d.items() if type(k) is str and k not in skip
-                                      and not (k.startswith("__") and k.endswith("__"))}))
+                out.append((name, d, {k: v for k, v in d.items() if type(k) is str and k not in skip and (
+                    k in ("__import__", "__build_class__") or not (k.startswith("__") and k.endswith("__")))}))
             else:
                 out.append((name, d, {k: d[k] for k in keys if k in d}))
 
@@ -417,7 +452,7 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
             out.append((label, d, dict(d)))
 
         mod("builtins", skip=("exit", "quit", "get_ipython", "display", "_", "__", "___", "copyright", "credits",
-                              "license", "help", "dreload", "runfile"))
+                              "license", "help", "dreload", "runfile", "input", "raw_input"))  # ipykernel rebinds input
         mod("sys", keys=("setprofile", "settrace", "getprofile", "gettrace", "audit", "addaudithook", "_getframe",
                          "_current_frames", "modules", "meta_path", "path_hooks", "path_importer_cache", "exc_info"))
         for name in ("copy", "copyreg", "importlib", "importlib._bootstrap", "importlib._bootstrap_external",
@@ -453,7 +488,8 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
         out.append(("sys.modules", None, {n: dget(mods, n) for n in (
             "sys", "builtins", "copy", "copyreg", "importlib", "importlib._bootstrap", "importlib._bootstrap_external",
             "importlib.util", "threading", "_thread", "signal", "gc", "torch", "numpy", "math", "types",
-            "functools", "hashlib", "layerwise", "layerwise.grading", "layerwise.grading.guard", "inspect")
+            "functools", "hashlib", "layerwise", "layerwise.grading", "layerwise.grading.guard",
+            "layerwise.grading.check", "inspect")
             if n in mods}))
         return out
 
@@ -473,22 +509,56 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
             for k, v in snap.items():
                 if d.get(k, MISSING) is not v:
                     changed.append(f"{label}.{k}")
-                    if len(changed) > 6:
+                    if len(changed) > 12:
                         return changed
         return changed
 
     # ---------------------------------------------------------------- threads, signals, tracers
-    def code_kind(h):
-        """TRUSTED for builtins, ints, None and library functions; else the kind of the callable's code."""
+    partial_type = functools.partial
+
+    def code_kind(h, depth=0):
+        """TRUSTED for builtins, ints, None and library functions; else the kind of the code that
+        calling ``h`` runs (a function's, a bound method's, a partial's, a callable object's ``__call__``)."""
         t = type(h)
-        if h is None or t is BuiltinFunctionType or is_a(h, int):
+        if h is None or t is BuiltinFunctionType or is_a(h, int) or depth > 5:
             return TRUSTED
+        if t is MethodType:
+            return code_kind(h.__func__, depth + 1)
+        if t is FunctionType:
+            return classify(h.__code__.co_filename)
+        if t is partial_type:
+            return code_kind(h.func, depth + 1)
+        for k in mro_of(t):
+            call = dget(type_dict(k), "__call__")
+            if call is not None:
+                return classify(call.__code__.co_filename) if type(call) is FunctionType else TRUSTED
+        return TRUSTED
+
+    def handler_name(h):
+        t = type(h)
         if t is MethodType:
             h = h.__func__
             t = type(h)
+        if t is partial_type:
+            h = h.func
+            t = type(h)
         if t is FunctionType:
-            return classify(h.__code__.co_filename)
-        return FOREIGN
+            return sname(h.__code__.co_qualname)
+        return "a callable object"
+
+    def registered_hooks():
+        """Callables from the notebook that the interpreter calls later on its own: gc callbacks,
+        sys.excepthook / unraisablehook, threading.excepthook."""
+        out = []
+        for h in list(gc_callbacks):
+            if code_kind(h) in SUBMISSION:
+                out.append(f"a gc callback ({handler_name(h)})")
+        for label, h in (("sys.excepthook", dget(module_dict(sysmod), "excepthook")),
+                         ("sys.unraisablehook", dget(module_dict(sysmod), "unraisablehook")),
+                         ("threading.excepthook", dget(threading_globals, "excepthook"))):
+            if code_kind(h) in SUBMISSION:
+                out.append(f"{label} ({handler_name(h)})")
+        return out
 
     def record_signals():
         out = {}
@@ -507,7 +577,7 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
             except (ValueError, OSError):
                 continue
             if h is not reference.get(s, MISSING) and code_kind(h) in SUBMISSION:
-                bad.append(s)
+                bad.append(f"{handler_name(h)} for signal {s}")
         return bad
 
     def thread_name(tid):
@@ -660,6 +730,20 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
         fn = f.f_code.co_filename
         return type(fn) is str and fn.startswith(grading_dir)
 
+    def called_by_check(f, c):
+        """``f`` (the grader's window function) runs for the check in progress: its caller, or that
+        caller's caller (check_function -> _check_case -> _call_student), is the check's frame."""
+        g = f.f_back
+        for _ in range(2):
+            if g is None:
+                return False
+            if g is c.frame:
+                return True
+            if not genuine_check_frame(g):
+                return False
+            g = g.f_back
+        return False
+
     def all_of_type(xs, t):
         for x in xs:
             if type(x) is not t:
@@ -685,6 +769,7 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
         if op == "arm":
             if caller_is(f1, "arm") and not S.armed:
                 S.armed = True
+                S.kcache.clear()
                 S.snapshot = snapshot_targets()
             return
         if op not in API_CODE or op in ("api", "arm", "is_armed", "notebook_findings") or not caller_is(f1, op):
@@ -712,7 +797,8 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
             c.ref_files = ref_files
             c.fps = fps
             c.allowed = allowed
-            c.findings = list(S.nb_findings)
+            c.findings = []
+            c.inherited = list(S.nb_findings) + [x for x in S.sticky if x not in S.nb_findings]
             c.ref_hits = []
             c.window = False
             c.watched = set()
@@ -729,14 +815,23 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
             c.prev_thread_profile = dget(threading_globals, "_profile_hook")
             c.signals = record_signals()
             c.trips = reference_functions(mods, ref_files)
+            c.tripped = frozenset(id(t[0]) for t in c.trips)
+            c.prev_trace = gettrace()
             S.check = c
+            if S.check_module is None:
+                cm = dget(modules_, "layerwise.grading.check")
+                if cm is not None and type(cm) is ModuleType and module_dict(cm) is g:
+                    S.check_module = cm
+                    for label, d, snap in S.snapshot:
+                        if label == "sys.modules":
+                            snap["layerwise.grading.check"] = cm
             # what was already there when the check began
             changes = snapshot_changes()
             if changes:
                 found("changed what the grader relies on: " + ", ".join(changes), block=False)
             bad = signal_changes(S.signals)
             if bad:
-                found(f"installed a signal handler (signal {bad[0]}) that is still in place", block=False)
+                found(f"installed a signal handler ({bad[0]}) that is still in place", block=False)
             if code_kind(gettrace()) in SUBMISSION:
                 found("installed a trace function (sys.settrace) that is still in place", block=False)
             if c.prev_profile is not profile_fn and code_kind(c.prev_profile) in SUBMISSION:
@@ -744,15 +839,18 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
             th = foreign_threads()
             if th:
                 found(f"started {th[0]}, which is running while the grader checks", block=False)
+            for h in registered_hooks():
+                found(f"registered {h}, which is still in place", block=False)
             setprofile(profile_fn)
             box.append("ok")
             return
         if c is None or tid != c.tid:
             return
         if op == "begin_call":
-            if c.window or f2.f_back is not c.frame:
+            if c.window or not called_by_check(f2, c):
                 return
             c.threads_before = frozenset(current_frames())
+            c.call_trace = gettrace()
             c.window = True
             if getprofile() is not profile_fn:
                 setprofile(profile_fn)
@@ -760,7 +858,7 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
             box.append("ok")
             return
         if op == "end_call":
-            if not c.window or f2.f_back is not c.frame:
+            if not c.window or not called_by_check(f2, c):
                 return
             c.window = False
             disarm_tripwires(c)
@@ -770,7 +868,7 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
             box.append("ok")
             return
         if op == "status":
-            box.append((tuple(c.ref_hits), tuple(c.findings)))
+            box.append(report(c))
             return
         if op == "end_check":
             if f2 is not c.frame:
@@ -783,8 +881,13 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
             if c.counted:
                 S.hidden_checks += 1
             S.check = None
-            box.append((tuple(c.ref_hits), tuple(c.findings)))
+            box.append(report(c))
             return
+
+    def report(c):
+        """(reference calls, findings): this check's own findings first, then those inherited from
+        earlier in the notebook."""
+        return tuple(c.ref_hits), tuple(c.findings) + tuple(x for x in c.inherited if x not in c.findings)
 
     def after_call(c):
         changes = snapshot_changes()
@@ -795,9 +898,14 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
             found("changed the grader's own functions: " + ", ".join(changed[:5]), block=False)
         bad = signal_changes(c.signals)
         if bad:
-            found(f"installed a signal handler (signal {bad[0]})", block=False)
-        if code_kind(gettrace()) in SUBMISSION:
-            found("installed a trace function (sys.settrace)", block=False)
+            found(f"installed a signal handler ({bad[0]})", block=False)
+        for h in registered_hooks():
+            found(f"registered {h}", block=False)
+        tr = gettrace()
+        if tr is not c.call_trace:
+            if code_kind(tr) in SUBMISSION:
+                found("installed a trace function (sys.settrace)", block=False)
+            settrace(c.call_trace)
         # threads it started must be done when it returns
         deadline = monotonic() + 0.3
         while True:
@@ -840,7 +948,7 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
                     return
                 if inside:
                     if fn in c.ref_files:
-                        c.ref_hits.append(sname(code.co_name))
+                        c.ref_hits.append(sname(code.co_name) + called_from(frame.f_back))
                     elif code is THREAD_START:
                         t = dget(frame.f_locals, "self")
                         if t is not None:
@@ -849,7 +957,8 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
                     else:
                         k = classify(fn)
                         if (k == NEUTRAL or k == TAINTED or (k == FOREIGN and S.armed)) and code.co_code in c.fps:
-                            c.ref_hits.append(f"{sname(code.co_name)}, a copy of the reference's code")
+                            c.ref_hits.append(f"{sname(code.co_name)} (a copy of the reference's code)"
+                                              + called_from(frame.f_back))
                 else:
                     k = classify(fn)
                     if (k == CELL or k == TAINTED or k == FOREIGN) and fn not in c.allowed:
@@ -865,12 +974,18 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
             elif ev == "return" and frame is S.hidden_frame:
                 S.hidden_frame = None
                 S.hidden_code = None
+                # the watch of this test cell is over: what follows (IPython showing a traceback,
+                # the next cell) runs without the profiler or tracer
+                setprofile(None)
+                if gettrace() is trace_global:
+                    settrace(None)
                 try:
                     normal = frame.f_code.co_code[frame.f_lasti] == RETURN_VALUE
                 except (IndexError, TypeError):
                     normal = False
                 if normal and S.hidden_checks == 0:
                     S.deliberate = True
+                    S.expect_unset = 1        # CPython unsets the profiler (or tracer) it raised from
                     raise RuntimeError(
                         "this test cell calls check_function, but the course's grader never ran here: something in "
                         "the notebook replaced or bypassed it, so this item scores 0. The exercise asks for your own "
@@ -885,6 +1000,19 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
             return False
         for k in code.co_consts:
             if type(k) is CodeType and calls_check_function(k, depth + 1):
+                return True
+        return False
+
+    def is_test_cell(code, fn):
+        """A test cell's code calls check_function and its source carries nbgrader's hidden-test
+        marker (IPython registers each cell's source in linecache before running it)."""
+        if not calls_check_function(code):
+            return False
+        entry = dget(line_cache, fn)
+        if type(entry) is not tuple or len(entry) < 3 or type(entry[2]) is not list:
+            return True               # no source to look at: treat it as a test cell
+        for line in entry[2]:
+            if type(line) is str and "BEGIN HIDDEN TESTS" in line:
                 return True
         return False
 
@@ -923,7 +1051,7 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
             found("changed what the grader relies on: " + ", ".join(changes), block=False)
         bad = signal_changes(S.signals)
         if bad:
-            found(f"installed a signal handler (signal {bad[0]})", block=False)
+            found(f"installed a signal handler ({bad[0]})", block=False)
         if code_kind(gettrace()) in SUBMISSION:
             found("installed a trace function (sys.settrace)", block=False)
         p = getprofile()
@@ -932,6 +1060,8 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
         th = foreign_threads()
         if th:
             found(f"started {th[0]}, which is still running", block=False)
+        for h in registered_hooks():
+            found(f"registered {h}", block=False)
         if S.nb_findings:
             if getprofile() is profile_fn:
                 setprofile(None)
@@ -939,11 +1069,15 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
             S.deliberate = True
             raise RuntimeError(
                 "The course's grader stopped this notebook here. Earlier, the notebook's code "
-                + "; ".join(S.nb_findings[:4])
+                + "; ".join(S.nb_findings[:30])
+                + ("" if not S.sticky else "; it also " + "; ".join(S.sticky[:30]))
                 + ". This exercise asks for your own torch code: a notebook that inspects, pauses or changes the "
                 "grader scores 0 from that point on. If this came from leftover debugging code, remove it and ask "
                 "your instructor to re-grade.")
-        if calls_check_function(code):
+        S.expect_unset = 0
+        if gettrace() is trace_global:
+            settrace(None)
+        if is_test_cell(code, fn):
             S.hidden_code = code
             S.hidden_file = fn
             S.hidden_frame = None
@@ -1105,12 +1239,23 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
     # Let through (recorded): the grader's watch survives them (the tripwires, and the profiler is
     # put back), so that the reference call that usually follows is recorded too.
     NOT_BLOCKED = frozenset({"sys.setprofile", "sys.settrace"})
+    FRAME_EVENTS = frozenset({"sys._getframe", "sys._current_frames", "sys._getframemodulename"})
     FRAME_ATTRS = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_code", "gi_code", "cr_code",
                              "ag_code"})
 
+    def sticky(text):
+        if text not in S.sticky:
+            S.sticky.append(text)
+
+    def in_test_cell(tid):
+        return S.armed and S.check is None and S.hidden_frame is not None and tid == S.main_tid
+
     def on_simple(ev, args, tid):
         c = S.check
-        if c is None and not (S.armed and ev in NOTEBOOK_LEVEL):
+        if ev in NOT_BLOCKED and S.expect_unset:
+            S.expect_unset -= 1      # CPython unsetting what raised: not the notebook's doing
+            return
+        if c is None and not (S.armed and (ev in NOTEBOOK_LEVEL or (ev in FRAME_EVENTS and in_test_cell(tid)))):
             return
         f0 = getframe(2)
         k, f = culprit(f0)
@@ -1119,7 +1264,25 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
         text = DESCRIBE.get(ev, ev)
         if ev == "pickle.find_class" and len(args) >= 2 and type(args[0]) is str and type(args[1]) is str:
             text = f"unpickled {args[0]}.{args[1]} (pickle.find_class)"
-        found(text + via(f0, f) + where(f), block=ev not in NOT_BLOCKED)
+        text = text + via(f0, f) + where(f)
+        if c is None and ev in NOT_BLOCKED:
+            # Outside checks, pausing or replacing the profiler or tracer does not stop the notebook;
+            # it fails every later item. The test cell in progress keeps its watch: whichever of
+            # profiler and tracer this call removes, the other one is put in place first.
+            sticky(text)
+            hf = S.hidden_frame
+            if hf is not None and tid == S.main_tid:
+                if ev == "sys.setprofile":
+                    settrace(trace_global)
+                    hf.f_trace = trace_local
+                    hf.f_trace_lines = False
+                else:
+                    setprofile(profile_fn)
+            return
+        if c is None and ev in FRAME_EVENTS:
+            sticky(text)         # a frame taken during a test cell's visible tests fails every later check
+            return
+        found(text, block=ev not in NOT_BLOCKED)
 
     def on_getattr(ev, args, tid):
         if len(args) < 2 or type(args[1]) is not str:
@@ -1127,6 +1290,8 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
         name = args[1]
         c = S.check
         if c is None:
+            if S.armed:
+                on_getattr_outside(args, tid)
             return
         if name == "__code__":
             obj = args[0]
@@ -1134,7 +1299,7 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
                 return
             code = obj.__code__
             fn = code.co_filename
-            if type(fn) is str and (fn in c.ref_files or fn.startswith(grading_dir)):
+            if id(obj) in c.tripped or (type(fn) is str and (fn in c.ref_files or fn.startswith(grading_dir))):
                 f0 = getframe(2)
                 k, f = culprit(f0)
                 if k in SUBMISSION:
@@ -1146,6 +1311,15 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
         k, f = culprit(f0)
         if k in SUBMISSION:
             found(f"read a frame ({name}){via(f0, f)}{where(f)}")
+
+    def on_getattr_outside(args, tid):
+        """Armed, during a test cell's visible tests: a frame taken fails every later check."""
+        if len(args) < 2 or type(args[1]) is not str or args[1] not in FRAME_ATTRS or not in_test_cell(tid):
+            return
+        f0 = getframe(3)
+        k, f = culprit(f0)
+        if k in SUBMISSION:
+            sticky(f"read a frame ({args[1]}){via(f0, f)}{where(f)}")
 
     def on_setattr(ev, args, tid):
         if len(args) < 2 or type(args[1]) is not str:
