@@ -17,17 +17,14 @@ functions ...). Such an item scores 0 with a message that says what was seen. A 
 not return within ``time_limit`` seconds is stopped (so an infinite loop costs only its own item).
 """
 
-from layerwise.grading.check import (
-    Case,
-    CallsReferenceError,
-    StudentTimeoutError,
-    TamperingError,
-    assert_close,
-    check_function,
-    describe,
-    fresh_generator,
-    run_student,
-)
-
 __all__ = ["Case", "CallsReferenceError", "StudentTimeoutError", "TamperingError", "assert_close", "check_function",
            "describe", "fresh_generator", "run_student"]
+
+
+def __getattr__(name: str):  # noqa: ANN202
+    """The names above come from :mod:`layerwise.grading.check`, imported on first use, so that
+    nbgrader can load :mod:`layerwise.grading.preprocessors` without torch or the grader's hook."""
+    if name in __all__:
+        from layerwise.grading import check
+        return getattr(check, name)
+    raise AttributeError(f"module 'layerwise.grading' has no attribute {name!r}")

@@ -359,7 +359,7 @@ def _fresh_copy(module: ModuleType) -> tuple[ModuleType, Any]:
     the check compare the submission with itself; and the module's code object (for the
     fingerprints of its functions). ``sys.modules`` is left untouched."""
     path = getattr(module, "__file__", None)
-    if not path or not path.endswith(".py"):
+    if not isinstance(path, str) or not path.endswith((".py", ".pyc")):   # .pyc: installed without sources
         return module, None
     spec = importlib.util.spec_from_file_location(module.__name__, path)
     copy_ = importlib.util.module_from_spec(spec)
@@ -463,7 +463,8 @@ def check_function(student_fn: Callable[..., Any], reference: str | Callable[...
         if not isinstance(case, Case):
             raise TypeError(f"cases must hold grading.Case objects, got {type(case).__name__}")
     mods = original.__name__
-    files = frozenset(_module_files([original, ref_module]))
+    files = frozenset(_module_files([original, ref_module]) | (   # and the name its code was compiled under
+        {str.__str__(code.co_filename)} if code is not None and isinstance(code.co_filename, str) else set()))
     allowed = frozenset()
     if not isinstance(reference, str):   # a reference function, maybe defined in a notebook or a test file
         mods = f"{original.__name__}.{name}"

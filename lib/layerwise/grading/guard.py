@@ -75,6 +75,7 @@ def api(_audit=sys.audit):
 def arm(_audit=sys.audit) -> None:
     """Install the guard in armed mode. Call it at kernel start, before any notebook cell runs
     (``nbgrader_config.py`` does, through ``IPKernelApp.exec_lines``)."""
+    import layerwise.grading.check  # noqa: F401  (installs the hook; its module then is in the snapshot)
     box = []
     _audit("layerwise.grading.ctl", "api", box)
     if not box:
