@@ -8,10 +8,11 @@ course's own ``nbgrader_config.py`` (so with the grader's guard armed at kernel 
 - ``stubs``: the release as handed out            -> 0
 - ``cheat_*``: answers that only call the reference or talk the grader into full marks (re-export,
   alias, through the module, after switching off the profiler, after patching the grading
-  helpers; walking the grader's frames; pausing the profiler; a thread with threading's profile
-  hook cleared; ``CALL_ROUTES``, ``LOUD_ROUTES`` and ``TOP_ROUTES`` below, each a few lines a
-  student finds in minutes; a grader replaced behind the hidden tests' back) -> 0 on every item,
-  with a message that says what was seen
+  helpers; ``cheat_calls``: every route of ``CALL_ROUTES`` below inside each graded call, the three
+  of issue 13 among them (walking the grader's frames, pausing the profiler, a thread with
+  threading's profile hook cleared); ``cheat_top``: ``TOP_ROUTES`` and ``LOUD_ROUTES`` at the top
+  level of the first answer cell; ``cheat_fake_grader``: a grader replaced behind the hidden tests'
+  back) -> 0 on every item, with a message that says what was seen
 - ``wrong_<i>``: the i-th plausible wrong answer of each function (from tests/test_<m>.py;
   a string or a list per function) -> that item loses its points, with a teaching message;
   ``wrong_0`` also reassigns the reference to itself (it must still lose its points)
@@ -23,9 +24,10 @@ course's own ``nbgrader_config.py`` (so with the grader's guard armed at kernel 
 - ``alternative``: a faithful reimplementation written differently (from tests/test_<m>.py) -> full
 
 Every cheat is functional: against a grader without the guard (this course's grader before it had
-one) each scored full marks. Routes that run inside the graded call share two students (each
-route a helper named after it, so the item's message names every route it caught); routes that
-change the notebook for good (they stop every later cell) share one student per kind.
+one) each would score full marks. Routes that run inside the graded call share one student: each
+route is a helper named after it and the guard reports where it saw each event, so every item's
+message names every route it caught. Routes that stop every later cell share another, and so
+does each item's message.
 """
 
 from __future__ import annotations
@@ -65,34 +67,21 @@ CHEATS = {
                             "lambda *args, **kwargs: None\n"),
 }
 
-# The three routes of issue 13, each on its own student: (template, what every item's message says).
-ISSUE_ROUTES = {
-    # (a) the grader's expected value, read from its frame (the reference where no grader is around)
-    "cheat_frames": ("import sys\nimport {mod} as _lib\n\n\ndef {fn}(*args, **kwargs):\n"
-                     "    f = sys._getframe(1)\n    while f is not None:\n"
-                     "        if 'expected' in f.f_locals:\n            return f.f_locals['expected']\n"
-                     "        f = f.f_back\n    return getattr(_lib, '{fn}')(*args, **kwargs)\n",
-                     ["sys._getframe"]),
-    # (b) the profiler paused around the reference call, and put back
-    "cheat_pause": ("import sys\nimport {mod} as _lib\n\n\ndef {fn}(*args, **kwargs):\n"
-                    "    watch = sys.getprofile()\n    sys.setprofile(None)\n    try:\n"
-                    "        return getattr(_lib, '{fn}')(*args, **kwargs)\n    finally:\n"
-                    "        sys.setprofile(watch)\n",
-                    ["calls the reference implementation", "sys.setprofile"]),
-    # (c) threading's profile hook cleared, the reference called from a new thread
-    "cheat_thread": ("import threading\nimport {mod} as _lib\n\n\ndef {fn}(*args, **kwargs):\n"
-                     "    threading.setprofile(None)\n    out = {{}}\n"
-                     "    t = threading.Thread(target=lambda: out.setdefault('v', getattr(_lib, '{fn}')(*args, **kwargs)))\n"
-                     "    t.start()\n    t.join()\n    return out['v']\n",
-                     ["calls the reference implementation"]),
-}
-
 # Routes that run inside the graded call. Each is a helper ``_route_<name>__<fn>(ref, a, k)``
 # returning the expected value (or the reference's output) or None; its marker is what the item's
 # message must contain (the helper's name, which the guard reports as the place it saw).
 _FIND_EXPECTED = ("    while f is not None:\n        if 'expected' in f.f_locals:\n"
                   "            return f.f_locals['expected']\n        f = f.f_back\n")
 CALL_ROUTES = {
+    # the three routes of issue 13: (a) the grader's expected value read from its frame,
+    # (b) the profiler paused around the reference call and put back, (c) threading's profile
+    # hook cleared and the reference called from a new thread
+    "getframe": "def _route_getframe__{fn}(ref, a, k):\n    f = sys._getframe(1)\n" + _FIND_EXPECTED,
+    "pause": ("def _route_pause__{fn}(ref, a, k):\n    watch = sys.getprofile()\n    sys.setprofile(None)\n"
+              "    try:\n        return ref(*a, **k)\n    finally:\n        sys.setprofile(watch)\n"),
+    "thread": ("def _route_thread__{fn}(ref, a, k):\n    threading.setprofile(None)\n    out = []\n"
+               "    t = threading.Thread(target=lambda: out.append(ref(*a, **k)))\n    t.start()\n    t.join()\n"
+               "    return out[0] if out else None\n"),
     "inspect_stack": ("def _route_inspect_stack__{fn}(ref, a, k):\n    for info in inspect.stack():\n"
                       "        if 'expected' in info.frame.f_locals:\n            return info.frame.f_locals['expected']\n"),
     "currentframe": "def _route_currentframe__{fn}(ref, a, k):\n    f = inspect.currentframe()\n" + _FIND_EXPECTED,
@@ -142,11 +131,20 @@ CALL_ROUTES = {
                        "    return getattr(mine, '{fn}')(*a, **k)\n"),
     "patch_grader": ("def _route_patch_grader__{fn}(ref, a, k):\n    import layerwise.grading.check as grader\n"
                      "    grader._compare = lambda *x, **y: None   # every output now 'matches'\n"),
+    # nbgrader credits the first value a test cell displays, even before an error (the course's
+    # autograde pipeline drops it): no message to look for, the item's 0 is the evidence
+    "displayhook": "def _route_displayhook__{fn}(ref, a, k):\n    sys.displayhook(1000.0)\n",
 }
-CALL_MARKERS = {name: f"_route_{name}__{{fn}}" for name in CALL_ROUTES} | {"patch_grader": "_compare"}
+CALL_MARKERS = {name: f"_route_{name}__{{fn}}" for name in CALL_ROUTES if name != "displayhook"} | {
+    "patch_grader": "_compare"}
+ISSUE_13 = {"getframe": ["read the call stack (sys._getframe) in _route_getframe__{fn}()"],
+            "pause": ["calls the reference implementation", "from _route_pause__{fn}",
+                      "switched the grader's watch (sys.setprofile) in _route_pause__{fn}()"],
+            "thread": ["calls the reference implementation", "from _route_thread__{fn}.<locals>.<lambda>"]}
 
-# Routes that, run even once (in the first item's visible tests), stop every later cell: the item
-# messages name the first function's helpers.
+# Routes that stop every later cell, wherever they run outside a graded call (at the top level of a
+# cell, or in a visible test): they run at the top level of the first answer cell, with the
+# reference's output of a small call in hand; the item messages name the first function's helpers.
 LOUD_ROUTES = {
     "gc_referrers": ("def _route_gc_referrers__{fn}(ref, a, k):\n    for holder in gc.get_referrers(*a):\n"
                      "        if isinstance(holder, dict) and 'expected' in holder:\n            return holder['expected']\n"),
@@ -210,7 +208,8 @@ TOP_MARKERS = {name: f"_top_{name}()" for name in TOP_ROUTES} | {
     "fake_reload": "importlib.reload", "fake_module": "sys.modules['layerwise.grading.check']",
     "meta_path": "sys.meta_path", "builtins_import": "builtins.__import__", "patch_equal": "torch.equal"}
 _TOP_RUNNER = ("\n{fn} = getattr(_lib, '{fn}')\nfor _route in [{routes}]:\n    try:\n        _v = _route()\n"
-               "        if _v is not None:\n            {fn} = _v\n    except Exception:\n        pass\n")
+               "        if _v is not None:\n            {fn} = _v\n    except Exception:\n        pass\n"
+               "for _route in [{loud}]:\n    try:\n        _route({fn}, (), {{}})\n    except Exception:\n        pass\n")
 
 # Installed during the first visible test: the hidden tests' reload of the grader finds a fake one
 # (a patched finder the snapshot does not cover); the test cell must still fail when it ends.
@@ -245,7 +244,7 @@ RAISES = "def {fn}(*args, **kwargs):\n    raise RuntimeError('my code is broken'
 LOOPS_WHEN_CALLED = "def {fn}(*args, **kwargs):\n    while True:\n        pass\n"
 HANGS_AT_DEFINITION = "while True:\n    pass\n"
 # The students the feedback test reads (generate_feedback runs for these only).
-FEEDBACK_STUDENTS = ("solution", "wrong_0", "cheat_frames")
+FEEDBACK_STUDENTS = ("solution", "wrong_0", "cheat_calls")
 
 
 def _solution_code(source: str) -> str:
@@ -275,8 +274,10 @@ def _routes_cell(mod: str, fn: str, routes: dict[str, str]) -> str:
 
 
 def _top_cell(mod: str, fn: str) -> str:
-    body = _ROUTE_PRELUDE.format(mod=mod, fn=fn) + "\n\n".join(t.format(mod=mod, fn=fn) for t in TOP_ROUTES.values())
-    return body + _TOP_RUNNER.format(fn=fn, routes=", ".join(f"_top_{r}" for r in TOP_ROUTES))
+    body = _ROUTE_PRELUDE.format(mod=mod, fn=fn) + "\n\n".join(
+        t.format(mod=mod, fn=fn) for t in [*TOP_ROUTES.values(), *LOUD_ROUTES.values()])
+    return body + _TOP_RUNNER.format(fn=fn, routes=", ".join(f"_top_{r}" for r in TOP_ROUTES),
+                                     loud=", ".join(f"_route_{r}__{fn}" for r in LOUD_ROUTES))
 
 
 def _unusual(graded: list[str], sol: dict[str, str]) -> dict[str, str]:
@@ -348,9 +349,7 @@ def graded(request, tmp_path_factory) -> Round:
         "solution": sol,
         "stubs": {},
         **{k: {fn: fmt(t, fn) for fn in r.graded} for k, t in CHEATS.items()},
-        **{k: {fn: fmt(t, fn) for fn in r.graded} for k, (t, _) in ISSUE_ROUTES.items()},
         "cheat_calls": {fn: _routes_cell(mod, fn, CALL_ROUTES) for fn in r.graded},
-        "cheat_loud": {fn: _routes_cell(mod, fn, LOUD_ROUTES) for fn in r.graded},
         "cheat_top": {r.graded[0]: _top_cell(mod, r.graded[0]),
                       **{fn: fmt(CHEATS["cheat_module"], fn) for fn in r.graded[1:]}},
         "cheat_fake_grader": {fn: fmt(FAKE_GRADER, fn) for fn in r.graded},
@@ -438,14 +437,15 @@ def test_calling_the_reference_scores_zero(graded: Round, student: str):
             f"{student}/{fn}: the failure should say the answer calls the reference")
 
 
-@pytest.mark.parametrize("student", sorted(ISSUE_ROUTES))
-def test_the_routes_of_issue_13_score_zero(graded: Round, student: str):
-    """Frames, a paused profiler, a thread with threading's profile hook cleared: 0 on every item."""
-    assert _total(graded, student) == 0, f"{student} scored {graded.scores[student]}"
+@pytest.mark.parametrize("route", sorted(ISSUE_13))
+def test_the_routes_of_issue_13_score_zero(graded: Round, route: str):
+    """Frames, a paused profiler, a thread with threading's profile hook cleared: 0 on every item,
+    and every item's message says what was seen."""
+    assert _total(graded, "cheat_calls") == 0, graded.scores["cheat_calls"]
     for fn in graded.graded:
-        for said in ISSUE_ROUTES[student][1]:
-            assert said in _message(graded, student, fn), f"{student}/{fn}: the failure should say {said!r}:\n" \
-                                                           f"{_message(graded, student, fn)[:3000]}"
+        msg = _message(graded, "cheat_calls", fn)
+        for said in ISSUE_13[route]:
+            assert said.format(fn=fn) in msg, f"{route}/{fn}: the failure should say {said.format(fn=fn)!r}:\n{msg[:4000]}"
 
 
 def test_every_route_inside_the_call_is_caught_on_every_item(graded: Round):
@@ -458,14 +458,13 @@ def test_every_route_inside_the_call_is_caught_on_every_item(graded: Round):
 
 def test_routes_that_stop_the_notebook_score_zero_on_every_item(graded: Round):
     first = graded.graded[0]
-    for student, markers in (("cheat_loud", {r: m.format(fn=first) for r, m in LOUD_MARKERS.items()}),
-                             ("cheat_top", TOP_MARKERS)):
-        assert _total(graded, student) == 0, f"{student} scored {graded.scores[student]}"
-        for fn in graded.graded:
-            msg = _message(graded, student, fn)
-            missed = [r for r, m in markers.items() if m not in msg]
-            assert not missed, f"{student}/{fn}: the grader did not report the routes {missed}:\n{msg[:4000]}"
-            assert "This exercise asks for your own torch code" in msg
+    markers = {**TOP_MARKERS, **{f"loud_{r}": m.format(fn=first) for r, m in LOUD_MARKERS.items()}}
+    assert _total(graded, "cheat_top") == 0, graded.scores["cheat_top"]
+    for fn in graded.graded:
+        msg = _message(graded, "cheat_top", fn)
+        missed = [r for r, m in markers.items() if m not in msg]
+        assert not missed, f"cheat_top/{fn}: the grader did not report the routes {missed}:\n{msg[:4000]}"
+        assert "This exercise asks for your own torch code" in msg
 
 
 def test_a_grader_replaced_behind_the_hidden_tests_back_scores_zero(graded: Round):

@@ -580,6 +580,16 @@ def test_unusual_but_honest_answers_pass():
         check_function(lambda lg, y: (__import__("warnings").warn("note"), student_ok(lg, y))[1], REF, _cases())
 
 
+def test_a_fake_reference_module_in_sys_modules_does_not_fool_the_check(monkeypatch):
+    def wrong(logits, y):
+        return F.cross_entropy(logits.mean(0), y)
+    fake = types.ModuleType("layerwise.msd")
+    fake.msd_loss = wrong                                   # no __file__: the check must not trust it
+    monkeypatch.setitem(sys.modules, "layerwise.msd", fake)
+    with pytest.raises(AssertionError, match="values differ"):
+        check_function(wrong, REF, _cases())
+
+
 def test_run_student_still_works():
     assert grading.run_student(student_ok, _cases()[0].args, forbidden=[msd]).shape == ()
     with pytest.raises(CallsReferenceError, match="calls the reference"):

@@ -254,9 +254,10 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
                                         "IPython/core/oinspect.py", "IPython/utils/frame.py", "pydevd", "debugpy/")]
     TRANSPARENT = tuple(transparent)
     IMPORTLIB = ("<frozen importlib.", "<frozen zipimport>")
-    ALLOWED_THREAD_MODULES = ("ipykernel", "IPython", "jupyter_client", "jupyter_core", "zmq", "tornado", "tqdm",
-                              "traitlets", "comm", "debugpy", "execnet", "_pytest", "pytest", "xdist", "matplotlib",
-                              "torch", "anyio", "asyncio", "concurrent.futures.process")
+    # Threads the kernel's own machinery starts after the first cell (armed mode judges any other
+    # thread that is running when a check begins as the notebook's).
+    ALLOWED_THREAD_MODULES = ("ipykernel.", "IPython.", "jupyter_client.", "zmq.", "tornado.", "tqdm.",
+                              "traitlets.", "comm.", "debugpy.", "execnet.", "_pytest.", "pytest_timeout", "xdist.")
 
     # The library's own source files (to notice a notebook reading them) and their longer lines
     # (to notice a notebook compiling a copy of them).
@@ -332,6 +333,7 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
     S.sticky = []                # found outside checks, not stopping the notebook: added to every later check
     S.expect_unset = 0           # CPython's own unsetting of our profiler after we raised from it
     S.check_module = None
+    S.lib_execs = set()          # library files whose module code has run (a second run is a re-import)
 
     class Check:
         pass
@@ -1101,13 +1103,20 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
         if run_code is not None and f1.f_code is run_code:
             on_cell(code, f1)
             return
-        if S.check is None and not S.armed:
-            return
         fn = code.co_filename
-        k, f = culprit(f1)
+        if S.check is None and not S.armed:
+            if type(fn) is str and fn.startswith(lib_dir):
+                if fn in S.lib_execs and culprit(f1, TRANSPARENT + IMPORTLIB)[0] in SUBMISSION:
+                    S.rescan = True
+                S.lib_execs.add(fn)
+            return
         lib = type(fn) is str and fn.startswith(lib_dir)
+        again = lib and fn in S.lib_execs
+        if lib:
+            S.lib_execs.add(fn)
+        k, f = culprit(f1)
         if k not in SUBMISSION:
-            if lib and culprit(f1, TRANSPARENT + IMPORTLIB)[0] in SUBMISSION:
+            if again and culprit(f1, TRANSPARENT + IMPORTLIB)[0] in SUBMISSION:
                 S.rescan = True      # the notebook re-imported a library module: look for old copies too
             return
         if lib:
