@@ -207,9 +207,10 @@ TOP_ROUTES = {
 TOP_MARKERS = {name: f"_top_{name}()" for name in TOP_ROUTES} | {
     "fake_reload": "importlib.reload", "fake_module": "sys.modules['layerwise.grading.check']",
     "meta_path": "sys.meta_path", "builtins_import": "builtins.__import__", "patch_equal": "torch.equal"}
+# One statement: IPython runs each top-level statement of a cell on its own, and the guard stops
+# the notebook before the statement that follows a tampering one.
 _TOP_RUNNER = ("\n{fn} = getattr(_lib, '{fn}')\nfor _route in [{routes}]:\n    try:\n        _v = _route()\n"
-               "        if _v is not None:\n            {fn} = _v\n    except Exception:\n        pass\n"
-               "for _route in [{loud}]:\n    try:\n        _route({fn}, (), {{}})\n    except Exception:\n        pass\n")
+               "        if _v is not None:\n            {fn} = _v\n    except Exception:\n        pass\n")
 
 # Installed during the first visible test: the hidden tests' reload of the grader finds a fake one
 # (a patched finder the snapshot does not cover); the test cell must still fail when it ends.
@@ -276,8 +277,8 @@ def _routes_cell(mod: str, fn: str, routes: dict[str, str]) -> str:
 def _top_cell(mod: str, fn: str) -> str:
     body = _ROUTE_PRELUDE.format(mod=mod, fn=fn) + "\n\n".join(
         t.format(mod=mod, fn=fn) for t in [*TOP_ROUTES.values(), *LOUD_ROUTES.values()])
-    return body + _TOP_RUNNER.format(fn=fn, routes=", ".join(f"_top_{r}" for r in TOP_ROUTES),
-                                     loud=", ".join(f"_route_{r}__{fn}" for r in LOUD_ROUTES))
+    routes = [f"_top_{r}" for r in TOP_ROUTES] + [f"lambda: _route_{r}__{fn}({fn}, (), {{}})" for r in LOUD_ROUTES]
+    return body + _TOP_RUNNER.format(fn=fn, routes=", ".join(routes))
 
 
 def _unusual(graded: list[str], sol: dict[str, str]) -> dict[str, str]:

@@ -911,8 +911,9 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
             settrace(c.call_trace)
         # threads it started must be done when it returns
         deadline = monotonic() + 0.3
-        while True:
-            alive = [t for t in current_frames() if t not in c.threads_before]
+        while True:      # (a library's own helper thread, e.g. tqdm's monitor, may stay)
+            alive = [t for t, f in current_frames().items()
+                     if t not in c.threads_before and thread_is_suspicious(t, f, True)]
             if not alive or monotonic() > deadline:
                 break
             sleep(0.005)
