@@ -10,6 +10,8 @@ TORCH := torch==2.13.0
 PROFILE ?= auto
 # pytest workers for `make test` (tests are grouped so costly fixtures stay on one worker).
 TEST_WORKERS ?= 2
+# chapters `make book` executes at a time (on a CPU the fast profile runs each on one torch thread).
+BOOK_WORKERS ?= 2
 
 .PHONY: all install book test exercises zoo bench clean
 
@@ -25,10 +27,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[book,grade,models,dev]"
 	@touch $@
 
-## make book: execute every chapter (papermill, PROFILE=auto) and build the HTML book.
+## make book: execute every chapter (papermill, PROFILE=auto), write the results dashboard, build the HTML book.
 book: $(STAMP)
 	rm -rf _build/src
-	$(BIN)/python -m layerwise.course execute --profile $(PROFILE) --out _build/src
+	$(BIN)/python -m layerwise.course execute --profile $(PROFILE) --out _build/src --workers $(BOOK_WORKERS)
+	$(BIN)/python -m layerwise.course dashboard --book _build/src
 	$(BIN)/jupyter-book build _build/src --path-output . -W -n --keep-going
 	@echo "Book: _build/html/index.html"
 

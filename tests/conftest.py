@@ -3,7 +3,8 @@
 `make test` runs pytest with xdist (``-n 2 --dist loadgroup``). Tests are grouped so that work
 that shares a costly fixture stays on one worker: each assignment's nbgrader round trip is a
 group, each chapter is a group, each other test file is a group; the longest groups are sent
-first and the book build (which reuses the chapters executed by both workers) last. Under xdist every worker and every kernel it
+first and the book build (which reuses the chapters executed by both workers) last, followed on
+the same worker by the tests that read the built book (the browser test, the dashboard check). Under xdist every worker and every kernel it
 starts uses one torch thread, so two workers share two cores without oversubscribing them.
 """
 
@@ -32,6 +33,8 @@ def _group(item: pytest.Item) -> tuple[int, str]:
         return 1, f"chapter-{params['chapter'].stem}"
     if item.name == "test_book_builds_without_warnings":
         return 3, "book"
+    if module == "test_browser" or "built_book" in getattr(item, "fixturenames", ()):
+        return 4, "book"          # reads the built book: same worker, after the build
     return 2, module
 
 

@@ -242,3 +242,98 @@ def test_live_figure_renders_and_redraws_without_leaving_figures_open():
         live_figure(lambda k: kept.gca().plot(range(k)), k=slider)     # draws on an existing figure
     assert plt.fignum_exists(kept.number), "a figure live_figure did not make must stay open"
     plt.close(kept)
+
+
+def test_live_figure_caches_and_prerenders():
+    import ipywidgets as widgets
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from layerwise.core.plot import live_figure
+
+    calls = []
+    open_before = set(plt.get_fignums())
+
+    def draw(k):
+        calls.append(k)
+        fig, ax = plt.subplots(figsize=(2, 2))
+        ax.plot(range(k + 1))
+        return fig
+
+    slider = widgets.IntSlider(value=1, min=0, max=4)
+    panel = live_figure(draw, prerender=[{"k": k} for k in range(5)], k=slider)
+    image = panel.children[-1]
+    assert calls == [0, 1, 2, 3, 4] and panel.renders[0] == 5        # every stop drawn up front, once
+    pngs = {}
+    for k in (3, 0, 3, 1):
+        slider.value = k
+        pngs.setdefault(k, image.value)
+        assert image.value == pngs[k]
+    assert calls == [0, 1, 2, 3, 4], "a cached setting must not be drawn again"
+    small = live_figure(draw, cache=1, k=widgets.IntSlider(value=0, min=0, max=4))
+    small.children[0].value, small.children[0].value = 2, 0
+    assert calls[-2:] == [2, 0], "with cache=1 only the latest rendering is kept"
+    uncached = live_figure(draw, cache=0, k=widgets.IntSlider(value=0))
+    uncached.children[0].value, uncached.children[0].value = 1, 0
+    assert calls[-3:] == [0, 1, 0]
+    for bad, word in [(dict(cache=-1), "cache"), (dict(dpi=0), "dpi"), (dict(prerender=[{"j": 1}]), "prerender")]:
+        with pytest.raises(ValueError, match=word):
+            live_figure(draw, k=widgets.IntSlider(), **bad)
+    assert set(plt.get_fignums()) == open_before, "live_figure must close the figures it draws"
+
+
+def test_compare_rule_on_known_cases():
+    from layerwise.core.report import RULE, RULES, compare
+
+    assert RULE in RULES
+    big = compare([10.0, 11.0, 12.0], [1.0, 2.0, 3.0])
+    assert big.holds and bool(big) and big.diff == pytest.approx(9.0) and big.p < 1e-3
+    assert big.se == pytest.approx(np.sqrt(1 / 3 + 1 / 3))
+    # no effect at all: never "yes" under either rule
+    same = compare([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert not same.holds and same.diff == 0 and same.p == pytest.approx(0.5)
+    assert not compare([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], rule="t05").holds
+    # lower is better: the sign flips
+    assert compare([1.0, 1.1, 0.9], [5.0, 5.2, 4.9], higher_is_better=False).holds
+    assert not compare([5.0, 5.2, 4.9], [1.0, 1.1, 0.9], higher_is_better=False).holds
+    # the legacy rule (> 1 s.e.) says yes where the 5 % t-test does not
+    a, b = [1.3, 1.0, 1.6], [1.0, 0.8, 1.1]
+    legacy, t05 = compare(a, b, rule="se"), compare(a, b, rule="t05")
+    assert legacy.holds and not t05.holds and 0.05 < t05.p < 0.2
+    # pairing removes the seed-to-seed spread shared by both arms
+    base = np.array([1.0, 5.0, 9.0])
+    ours = base + np.array([0.5, 0.6, 0.4])
+    assert not compare(ours, base, rule="t05").holds
+    paired = compare(ours, base, paired=True, rule="t05")
+    assert paired.holds and paired.diff == pytest.approx(0.5) and paired.se == pytest.approx(0.1 / np.sqrt(3))
+    # non-inferiority: slightly worse, but within the margin
+    assert not compare([0.98, 0.99, 1.0], [1.0, 1.01, 1.02], rule="t05").holds
+    assert compare([0.98, 0.99, 1.0], [1.0, 1.01, 1.02], margin=0.2, rule="t05").holds
+    # identical differences on every seed: no noise, the sign decides
+    assert compare([2.0, 3.0], [1.0, 2.0], paired=True).holds and compare([2.0, 3.0], [1.0, 2.0], paired=True).se == 0
+    assert "±" in str(big)
+
+
+def test_compare_false_positive_rate_under_no_effect():
+    """Under no effect the 5 % rule says "yes" about 5 % of the time; the 1-s.e. rule far more often."""
+    from layerwise.core.report import compare
+
+    rng = np.random.default_rng(0)
+    draws = rng.normal(size=(4000, 2, 3))
+    t05 = np.mean([compare(a, b, rule="t05").holds for a, b in draws])
+    se = np.mean([compare(a, b, rule="se").holds for a, b in draws])
+    paired = np.mean([compare(a, b, paired=True, rule="t05").holds for a, b in draws])
+    assert 0.03 < t05 < 0.07 and 0.03 < paired < 0.07
+    assert 0.12 < se < 0.22
+
+
+def test_compare_bad_input():
+    from layerwise.core.report import compare
+
+    for args, kwargs, word in [(([1.0], [1.0, 2.0]), {}, "ours"), (([1.0, 2.0], [[1.0], [2.0]]), {}, "baseline"),
+                               (([1.0, float("nan")], [1.0, 2.0]), {}, "NaN"),
+                               (([1.0, 2.0], [1.0, 2.0]), {"margin": -1}, "margin"),
+                               (([1.0, 2.0], [1.0, 2.0]), {"rule": "3se"}, "rule"),
+                               (([1.0, 2.0, 3.0], [1.0, 2.0]), {"paired": True}, "paired")]:
+        with pytest.raises(ValueError, match=word):
+            compare(*args, **kwargs)

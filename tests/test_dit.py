@@ -143,3 +143,41 @@ def test_unet_denoiser_interface():
     x = torch.randn(2, 3, 16, 16)
     out = net(x, torch.tensor([1, 500]), torch.tensor([0, 2]))
     assert out.shape == x.shape and net(x, torch.tensor([1, 500])).shape == x.shape
+
+
+def test_embed_add_is_added_after_the_embedding():
+    """An embed_add of zeros changes nothing; a per-token vector equals adding it to the embedding by hand."""
+    from layerwise.diffusion.dit import DiTConfig, TinyDiT, grid_position_ids
+
+    torch.manual_seed(0)
+    model = TinyDiT(DiTConfig(in_channels=4, image_size=8, patch=1, dim=48, depth=2, heads=4, pos_axes=3)).eval()
+    for block in model.blocks:                       # leave adaLN-Zero's start so the blocks do something
+        torch.nn.init.normal_(block.ada[1].weight, std=0.2)
+    torch.nn.init.normal_(model.out.weight, std=0.2)
+    torch.nn.init.normal_(model.ada_out[1].weight, std=0.2)
+    tokens = torch.randn(2, 16, 4)
+    ids = grid_position_ids(4, 4, axes=3)
+    t = torch.tensor([10, 500])
+    base = model.forward_tokens(tokens, t, pos_ids=ids)
+    torch.testing.assert_close(model.forward_tokens(tokens, t, pos_ids=ids, embed_add=torch.zeros(16, 48)), base)
+    extra = torch.randn(16, 48)
+    got = model.forward_tokens(tokens, t, pos_ids=ids, embed_add=extra)
+    assert not torch.allclose(got, base)
+    with torch.no_grad():                            # the same thing done by hand: fold extra into embed's bias
+        by_hand = TinyDiT(model.config).eval()
+        by_hand.load_state_dict(model.state_dict())
+        by_hand.embed = torch.nn.Sequential(by_hand.embed, _AddPerToken(extra))
+    torch.testing.assert_close(got, by_hand.forward_tokens(tokens, t, pos_ids=ids))
+    batched = model.forward_tokens(tokens, t, pos_ids=ids, embed_add=extra.expand(2, 16, 48))
+    torch.testing.assert_close(batched, got)
+    with pytest.raises(ValueError, match="embed_add"):
+        model.forward_tokens(tokens, t, pos_ids=ids, embed_add=torch.zeros(15, 48))
+
+
+class _AddPerToken(torch.nn.Module):
+    def __init__(self, extra):
+        super().__init__()
+        self.extra = extra
+
+    def forward(self, x):
+        return x + self.extra

@@ -1,4 +1,4 @@
-"""Repository conventions that keep the course consistent as papers are added (DESIGN.md)."""
+"""Repository conventions that keep the course consistent as papers are added (ARCHITECTURE.md)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,11 @@ def test_chapter_conventions(chapter: Path):
     hanging = re.findall(r"\b(?:interact|interactive|interact_manual|interactive_output|Output)\(", code)
     assert not hanging, (
         f"{chapter.name} uses {sorted(set(hanging))}: output widgets can leave papermill waiting for ever on an "
-        "idle kernel; use layerwise.core.plot.live_figure (or an ipywidgets.Image redrawn on change) instead")
+        "idle kernel; use layerwise.core.plot.live_figure instead")
+    hand_rolled = re.findall(r"\bwidgets\.Image\(|\.observe\(|\bImage\(value=", code)
+    assert "live_figure(" in code and not hand_rolled, (
+        f"{chapter.name}: its widget must be layerwise.core.plot.live_figure (with cache= / prerender= for slow "
+        f"drawings), not a hand-made ipywidgets.Image + observe ({sorted(set(hand_rolled))})")
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.stem for c in CHAPTERS])
@@ -115,3 +119,91 @@ def test_bench_runs_quickly_and_prints_ratios():
     for name in available():
         assert f"[{name}]" in out.stdout
     assert re.search(r"M=8 / M=1 = \d+\.\d+x", out.stdout) and re.search(r"loop over samples / batched = \d+\.\d+x", out.stdout)
+
+
+# --------------------------------------------------------------------------- the library's layers (ARCHITECTURE.md)
+
+LIB = ROOT / "lib" / "layerwise"
+#: which parts of the library each part may import (besides itself); "paper" = one module per paper
+ALLOWED = {
+    "data": set(),
+    "grading": set(),
+    "course": set(),
+    "core": {"data"},
+    "diffusion": {"core", "data"},
+    "paper": {"core", "data", "diffusion", "neural_collapse"},
+    "zoo": {"core", "data", "diffusion", "paper", "neural_collapse"},
+    "bench": {"core", "data", "diffusion", "paper", "neural_collapse", "zoo"},
+}
+PACKAGES = {"data", "grading", "core", "diffusion", "zoo", "bench", "course", "neural_collapse"}
+
+
+def _part(module: str) -> str:
+    parts = module.split(".")
+    name = parts[1] if len(parts) > 1 else ""
+    return name if name in PACKAGES else "paper"
+
+
+def _imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(imported layerwise module, names) for every import in ``path``."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "layerwise":      # from layerwise import msd
+            out += [(f"layerwise.{a.name}", []) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("layerwise"):
+            out.append((node.module, [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            out += [(a.name, []) for a in node.names if a.name.startswith("layerwise")]
+    return out
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT / "lib").with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_library_layers_import_only_downwards():
+    """data is the ground floor; core builds on it; diffusion on both; each paper module on those;
+    the zoo's recipes on the paper modules; nothing below imports what stands above it."""
+    wrong = []
+    for path in sorted(LIB.rglob("*.py")):
+        me = _module_name(path)
+        mine = _part(me)
+        allowed = ALLOWED.get(mine, ALLOWED["paper"]) | {mine}
+        for imported, _ in _imports(path):
+            theirs = _part(imported)
+            if mine == "paper" and theirs == "paper" and imported != me:
+                wrong.append(f"{me} imports {imported} (a paper module may not import another paper module)")
+            elif theirs not in allowed and imported != "layerwise":
+                wrong.append(f"{me} ({mine}) imports {imported} ({theirs})")
+    assert not wrong, "imports against the layering of ARCHITECTURE.md:\n  " + "\n  ".join(wrong)
+
+
+def test_no_module_imports_another_modules_private_names():
+    wrong = []
+    for path in sorted(LIB.rglob("*.py")):
+        me = _module_name(path)
+        for imported, names in _imports(path):
+            private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+            if private and imported != me:
+                wrong.append(f"{me} imports {private} from {imported}")
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("notebook", CHAPTERS + [ROOT / "solutions" / n / f"{n}.ipynb" for n in ASSIGNMENTS],
+                         ids=[c.stem for c in CHAPTERS] + [f"solution-{n}" for n in ASSIGNMENTS])
+def test_notebooks_use_the_zoo_only_through_its_functions(notebook: Path):
+    """A chapter imports from its paper module and layerwise.data; of the zoo only load/train/manifest."""
+    code = "\n".join(c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code")
+    bad = re.findall(r"layerwise\.zoo\.(?:recipes|registry)\b|_recipes\b|from layerwise\.zoo import (?!load\b|train\b|manifest\b)\w+",
+                     code)
+    assert not bad, f"{notebook.name} reaches into the zoo's recipes ({bad}): use zoo.load / zoo.train / zoo.manifest"
+
+
+def test_architecture_page_exists_and_names_every_part():
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    assert "ARCHITECTURE.md" in (ROOT / "README.md").read_text()
+    for part in ("data", "core", "diffusion", "zoo", "grading", "bench", "course"):
+        assert f"`{part}" in text, f"ARCHITECTURE.md does not describe {part}"
+    for rule in ALLOWED:
+        assert rule in text

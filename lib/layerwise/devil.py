@@ -83,7 +83,9 @@ def sample_spatial_keep(batch: int, height: int, width: int, p: float, generator
     """Random keep masks ``(batch, height, width)`` bool for :func:`spatial_dropout_pool`.
 
     Each location is dropped with probability ``p`` (``u < p`` for ``u = torch.rand``); an
-    image whose locations were all dropped keeps its location of largest ``u`` instead.
+    image whose locations were all dropped keeps its location of largest ``u`` instead. (The
+    official code draws such an all-dropped mask again; keeping one location is our choice and
+    changes only those rare draws: probability ``p ** (height * width)``.)
     """
     p = _check_prob(p, "p")
     u = torch.rand(batch, height * width, generator=_check_generator(generator))

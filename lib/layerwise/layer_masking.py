@@ -14,6 +14,12 @@ network sees a grey blob, with edges and a shape. Layer masking instead carries 
   sum multiplies the two masks;
 - the final global average pool averages over visible cells only (:func:`masked_global_pool`).
 
+Two rules differ from the official ``sal_layers`` code (our reading, declared in chapter 9): the
+official average pools average ``x ⊙ m`` over the whole window without dividing by the visible
+count, and its max-pooling takes the max of ``x ⊙ m`` over the whole window (a removed cell is a 0
+that can win); here average pools renormalise by the visible count and only visible cells can win
+a max.
+
 :class:`LayerMasked` applies these rules to an existing model (traced with ``torch.fx``), without
 rewriting it. The remaining functions are the paper's experiments in small: removing random
 patches with colour fills (missingness bias, §4), the object's silhouette as a mask (the

@@ -510,6 +510,11 @@ def train_coteaching(nets: tuple[nn.Module, nn.Module], optimizers: tuple[torch.
     networks' nested dropout at its selected ``k`` (or no dropout at all); otherwise from the
     training forward itself (the original Co-teaching code). ``eval_fn(epoch)`` runs after
     every epoch (epoch 1, 2, ...) and its dict is stored.
+
+    Differs from the official Nested-Co-teaching stage 2 (declared in chapter 3): there each batch
+    is split in half, each network ranks its own half and trains on the peer's selection of the
+    other half, with one nested ``k`` shared by both networks per step; here both networks rank
+    the whole batch and each draws its own ``k``.
     """
     net_a, net_b = nets
     opt_a, opt_b = optimizers

@@ -71,9 +71,19 @@ def pick(profile: str, **options: T) -> T:
 def setup(profile: str = "auto", seed: int = 0, device: str | None = None) -> dict[str, Any]:
     """One call at the top of a chapter: resolve the profile, pick the device, seed everything.
 
-    Returns ``{"profile", "device", "seed"}`` and prints a one-line summary.
+    The fast profile on a CPU runs torch on **one thread**: the order of floating-point
+    reductions then does not depend on the machine's core count, so the book, the test suite and
+    a student's laptop print the same numbers (and ``make book`` runs two chapters at a time
+    instead). Figures take the book's style (:func:`layerwise.core.plot.use_book_style`: sized for
+    the text column, rendered at twice the pixels). Returns ``{"profile", "device", "seed"}`` and
+    prints a one-line summary.
     """
+    from layerwise.core.plot import use_book_style
+
     info = {"profile": resolve_profile(profile), "device": get_device(device), "seed": seed}
+    use_book_style()
+    if info["profile"] == "fast" and info["device"].type == "cpu":
+        torch.set_num_threads(1)
     seed_everything(seed)
     threads = torch.get_num_threads()
     print(f"layerwise: profile={info['profile']} device={info['device']} seed={seed} "

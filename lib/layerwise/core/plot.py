@@ -1,7 +1,11 @@
-"""Plotting helpers: curves over several seeds drawn as a mean line with a band; image grids.
+"""Plotting helpers: the book's figure style, curves over several seeds drawn as a mean line with a
+band, image grids, and the one widget every chapter uses.
 
-:func:`image_grid` draws RGBA images over :func:`layerwise.data.rgba.checkerboard` (the data
-package is the library's ground floor: core may use it, never the other way round).
+:func:`use_book_style` (called by :func:`layerwise.core.setup`) sizes figures for the book's text
+column and renders them at twice the pixels; :func:`figure_size` gives the ``figsize`` of a figure
+of ``n`` panels laid out at most ``cols`` a row. :func:`image_grid` draws RGBA images over
+:func:`layerwise.data.rgba.checkerboard` (the data package is the library's ground floor: core may
+use it, never the other way round).
 """
 
 from __future__ import annotations
@@ -11,6 +15,73 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
+
+#: The book's text column, in inches at :data:`BOOK_DPI`: 7.5 in × 90 dpi = 675 CSS pixels, the width
+#: of a code cell in the book's theme at a 1280-pixel window. A figure of this width is shown at its
+#: own size, so its labels are as large on the page as their font size says.
+COLUMN_WIDTH = 7.5
+BOOK_DPI = 90
+#: At most this many panels side by side in the column; more go onto further rows.
+MAX_COLS = 3
+#: matplotlib settings of the book's figures (:func:`use_book_style`).
+BOOK_STYLE = {
+    "figure.figsize": (COLUMN_WIDTH, 0.6 * COLUMN_WIDTH),
+    "figure.dpi": BOOK_DPI,
+    "savefig.dpi": 2 * BOOK_DPI,
+    "font.size": 10,
+    "axes.titlesize": 10.5,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 9,
+    "figure.titlesize": 11,
+}
+
+
+def use_book_style(retina: bool = True) -> None:
+    """Apply the book's figure style (:data:`BOOK_STYLE`) to matplotlib.
+
+    Figures default to the width of the text column, with fonts sized to be read at that width.
+    In a Jupyter kernel with the inline backend, figures are also rendered at twice their pixels
+    (``retina``): the page shows them at the column's width, sharp on high-density screens.
+    :func:`layerwise.core.setup` calls this, so every chapter gets it.
+    """
+    import matplotlib as mpl
+
+    mpl.rcParams.update(BOOK_STYLE)
+    if not retina:
+        return
+    try:
+        from IPython import get_ipython
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+    except ImportError:            # no IPython: plain scripts keep matplotlib's own formats
+        return
+    if get_ipython() is not None and "inline" in mpl.get_backend():
+        set_matplotlib_formats("retina")
+
+
+def figure_size(panels: int = 1, *, cols: int | None = None, aspect: float = 0.7,
+                width: float = COLUMN_WIDTH) -> tuple[float, float]:
+    """The ``figsize`` of a figure of ``panels`` equal panels for the book's column.
+
+    Panels are laid out ``cols`` a row (default: all of them, up to :data:`MAX_COLS`; at most
+    :data:`MAX_COLS`), each ``aspect`` times as high as it is wide; the figure is ``width`` inches
+    wide (the column) and as high as its rows need. ``plt.subplots(rows, cols,
+    figsize=figure_size(panels, cols=cols))``.
+    """
+    if isinstance(panels, bool) or not isinstance(panels, int) or panels < 1:
+        raise ValueError(f"panels must be a positive int, got {panels!r}")
+    if cols is None:
+        cols = min(panels, MAX_COLS)
+    if isinstance(cols, bool) or not isinstance(cols, int) or not 1 <= cols <= MAX_COLS:
+        raise ValueError(f"cols must be an int from 1 to {MAX_COLS} (panels side by side), got {cols!r}")
+    if isinstance(aspect, bool) or not isinstance(aspect, (int, float)) or not aspect > 0:
+        raise ValueError(f"aspect must be a number > 0 (panel height / width), got {aspect!r}")
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 2 * COLUMN_WIDTH:
+        raise ValueError(f"width must be a number of inches in (0, {2 * COLUMN_WIDTH}], got {width!r}")
+    cols = min(cols, panels)
+    rows = math.ceil(panels / cols)
+    return float(width), float(rows * aspect * width / cols)
 
 
 def band(runs: np.ndarray | Sequence[Sequence[float]], smooth: int = 1
@@ -140,16 +211,22 @@ def image_grid(images, *, nrow: int = 8, titles: Sequence[str] | None = None, ax
     return ax
 
 
-def live_figure(draw, **controls):
+def live_figure(draw, *, cache: int = 64, prerender=(), dpi: int = 90, **controls):
     """An interactive figure that survives unattended execution: ``controls`` above an image.
 
-    ``draw(**values)`` makes a matplotlib figure (``plt.subplots`` inside it is fine) from the
-    controls' current values; the figure is rendered to PNG into an ``ipywidgets.Image`` and
-    closed, and redrawn whenever a control changes (sliders on release). Chapters use this rather
-    than ``ipywidgets.interact``, whose output widget can leave papermill waiting for ever on an
-    idle kernel (seen with nbclient on loaded machines). Returns the ``VBox`` to display.
+    ``draw(**values)`` makes a matplotlib figure (``plt.subplots`` inside it is fine; returning
+    the figure is fine too) from the controls' current values; the figure is rendered to PNG at
+    ``dpi`` into an ``ipywidgets.Image`` and closed, and redrawn whenever a control changes
+    (sliders on release). The last ``cache`` renderings are kept, keyed by the controls' values,
+    so moving back to a setting is instant; ``prerender`` (an iterable of ``{name: value}``
+    dicts, missing names taking the controls' initial values) renders settings up front, e.g.
+    every stop of a slider whose ``draw`` is slow. Chapters use this rather than
+    ``ipywidgets.interact`` or a hand-made ``Image`` + ``observe``: the output widget of
+    ``interact`` can leave papermill waiting for ever on an idle kernel (seen with nbclient on
+    loaded machines). Returns the ``VBox`` to display; its ``.renders`` counts the figures drawn.
     """
     import io
+    from collections import OrderedDict
 
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
@@ -158,23 +235,46 @@ def live_figure(draw, **controls):
         raise TypeError(f"draw must be callable, got {type(draw).__name__}")
     if not controls or not all(isinstance(w, widgets.ValueWidget) for w in controls.values()):
         raise ValueError("controls must be one or more ipywidgets value widgets, passed by the name draw() takes")
+    if isinstance(cache, bool) or not isinstance(cache, int) or cache < 0:
+        raise ValueError(f"cache must be an int >= 0 (renderings kept), got {cache!r}")
+    if isinstance(dpi, bool) or not isinstance(dpi, int) or dpi < 10:
+        raise ValueError(f"dpi must be an int >= 10, got {dpi!r}")
+    store: OrderedDict = OrderedDict()
+    count = [0]
 
-    def render() -> bytes:
+    def render(values: dict) -> bytes:
+        key = tuple(sorted((k, repr(v)) for k, v in values.items()))
+        if key in store:
+            store.move_to_end(key)
+            return store[key]
         with plt.ioff():
             before = set(plt.get_fignums())
-            draw(**{name: w.value for name, w in controls.items()})
+            draw(**values)
             new = [n for n in plt.get_fignums() if n not in before]
             if not new:
                 raise ValueError("draw must make a new matplotlib figure (e.g. with plt.subplots) each call")
             buf = io.BytesIO()
-            plt.figure(new[-1]).savefig(buf, format="png", dpi=90, bbox_inches="tight")
+            plt.figure(new[-1]).savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
             for n in new:
                 plt.close(n)
+        count[0] += 1
+        if cache:
+            store[key] = buf.getvalue()
+            while len(store) > cache:
+                store.popitem(last=False)
         return buf.getvalue()
 
-    image = widgets.Image(value=render(), format="png")
+    current = lambda: {name: w.value for name, w in controls.items()}  # noqa: E731
+    for extra in prerender:
+        unknown = set(extra) - set(controls)
+        if unknown:
+            raise ValueError(f"prerender names {sorted(unknown)}, which are not controls ({sorted(controls)})")
+        render({**current(), **extra})
+    image = widgets.Image(value=render(current()), format="png")
     for w in controls.values():
         if hasattr(w, "continuous_update"):
             w.continuous_update = False
-        w.observe(lambda _change: setattr(image, "value", render()), names="value")
-    return widgets.VBox([*controls.values(), image])
+        w.observe(lambda _change: setattr(image, "value", render(current())), names="value")
+    box = widgets.VBox([*controls.values(), image])
+    box.renders = count
+    return box

@@ -14,6 +14,8 @@
 - :mod:`~layerwise.data.sprite_sets`: the ready-made sprite sets the zoo models learn
   (:func:`rgba_sprites`, :func:`labelled_sprites`, :func:`primer_sprites`, :func:`sprite_layers`).
 - :mod:`~layerwise.data.captions`: captioned scenes for DeViL.
+- :mod:`~layerwise.data.degrade`: seeded image degradations (blur, down/up-sampling, noise, salt and
+  pepper, colour cast) and DifFace's mild / severe / unseen presets.
 
 Conventions of the synthetic data, everywhere:
 

@@ -231,22 +231,31 @@ class TinyDiT(nn.Module):
         return c
 
     def forward_tokens(self, tokens: Tensor, t: Tensor, cond: Tensor | None = None, *,
-                       pos_ids: Tensor, mask: Tensor | None = None, return_hidden: bool = False):
+                       pos_ids: Tensor, mask: Tensor | None = None, return_hidden: bool = False,
+                       embed_add: Tensor | None = None):
         """tokens: (B, N, C·p·p) patches; pos_ids: (N, A) or (B, N, A) → ε̂ tokens (B, N, C_out·p·p).
 
-        With ``return_hidden=True`` also returns the list of each block's output (B, N, dim).
+        ``embed_add`` (N, dim) or (B, N, dim), if given, is added to the embedded tokens before the
+        first block: a learned per-token embedding of the caller's (a layer or segment-type
+        embedding, as ART's layer embedding or LayerDecomp's type embedding). With
+        ``return_hidden=True`` also returns the list of each block's output (B, N, dim).
         """
         if tokens.dim() != 3:
             raise ValueError(f"tokens must be (B, N, C*p*p), got shape {tuple(tokens.shape)}")
         if pos_ids.shape[-1] != self.config.pos_axes or pos_ids.shape[-2] != tokens.shape[1]:
             raise ValueError(f"pos_ids must be (N={tokens.shape[1]}, {self.config.pos_axes}) or batched, "
                              f"got {tuple(pos_ids.shape)}")
+        if embed_add is not None and (embed_add.dim() not in (2, 3) or embed_add.shape[-2:] != (tokens.shape[1], self.config.dim)):
+            raise ValueError(f"embed_add must be (N={tokens.shape[1]}, dim={self.config.dim}) or batched, "
+                             f"got {tuple(embed_add.shape)}")
         b = tokens.shape[0]
         c = self.conditioning(t, cond, b, tokens.device)
         angles = rope_angles(pos_ids.to(tokens.device), self.head_dim, self.config.rope_base)
         if angles.dim() == 2:
             angles = angles[None]
         x = self.embed(tokens)
+        if embed_add is not None:
+            x = x + embed_add.to(x.dtype)
         hidden = []
         for block in self.blocks:
             x = block(x, c, angles, mask)

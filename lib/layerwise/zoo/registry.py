@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 __all__ = ["Recipe", "REGISTRY", "register", "build", "load", "train", "check", "verify", "manifest",
-           "sha256", "MANIFEST", "WEIGHTS"]
+           "sha256", "MANIFEST", "WEIGHTS", "training_set_size"]
 
 HERE = Path(__file__).resolve().parent
 WEIGHTS = HERE / "weights"
@@ -50,6 +50,13 @@ class Recipe:
 
 
 REGISTRY: dict[str, Recipe] = {}
+
+
+def training_set_size(n: int, steps: int, batch_size: int, floor: int = 256) -> int:
+    """How many of a recipe's ``n`` training examples to generate for a run of ``steps`` steps of
+    ``batch_size``: all ``n`` when the run can use them (every full recipe run does), fewer for
+    a short smoke run (``make test`` trains every recipe for 2 steps), never below ``floor``."""
+    return int(min(n, max(floor, steps * batch_size)))
 
 
 def register(recipe: Recipe) -> Recipe:

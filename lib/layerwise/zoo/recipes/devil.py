@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from layerwise.core.train import fit_steps
 from layerwise.devil import (CaptionCNN, DeViL, Translator, TranslatorConfig, cnn_targets, encode_captions,
                              fit_translator, keyword_prompts, tiny_lm, word_tokenizer)
-from layerwise.zoo.registry import Recipe, register
+from layerwise.zoo.registry import Recipe, register, training_set_size
 
 __all__ = ["CNN", "LM", "TRANSLATOR", "TRANSLATOR_NAMES", "load_devil"]
 
@@ -51,7 +51,8 @@ def _cnn_error(model, scenes, device) -> float:
 def _fit_cnn(model, cfg, steps, generator, device, progress=None):
     from layerwise.data.captions import captioned_scenes
 
-    data = captioned_scenes(cfg["data"]["n"], cfg["data"]["size"], seed=cfg["data"]["seed"])
+    n = training_set_size(cfg["data"]["n"], steps, cfg["batch_size"])
+    data = captioned_scenes(n, cfg["data"]["size"], seed=cfg["data"]["seed"])
     t = cnn_targets(data.attributes)
 
     def loss_fn(step):
@@ -106,7 +107,8 @@ def _fit_lm(model, cfg, steps, generator, device, progress=None):
     from layerwise.data.captions import random_captions
 
     tok = word_tokenizer()
-    ids, mask = encode_captions(tok, random_captions(cfg["data"]["n"], seed=cfg["data"]["seed"]))
+    n = training_set_size(cfg["data"]["n"], steps, cfg["batch_size"])
+    ids, mask = encode_captions(tok, random_captions(n, seed=cfg["data"]["seed"]))
     slots = cfg["prompt_slots"]
 
     def loss_fn(step):
@@ -172,7 +174,8 @@ def _fit_translator(translator, cfg, steps, generator, device, progress=None):
     from layerwise.data.captions import captioned_scenes
 
     model = _devil_around(translator, device)
-    data = captioned_scenes(cfg["data"]["n"], cfg["data"]["size"], seed=cfg["data"]["seed"])
+    n = training_set_size(cfg["data"]["n"], steps, cfg["batch_size"])
+    data = captioned_scenes(n, cfg["data"]["size"], seed=cfg["data"]["seed"])
     losses = fit_translator(model, data, steps=steps, batch_size=cfg["batch_size"], lr=cfg["lr"],
                             p_spatial=cfg["p_spatial"], p_token=cfg["p_token"], generator=generator,
                             progress=progress)

@@ -19,7 +19,7 @@ import torch
 from layerwise.data.rgba import premultiplied_rgb
 from layerwise.data.sprite_sets import sprite_layers
 from layerwise.layer_diffusion import HARMLESSNESS_SWEEP, adjusted_latent, lt_zoo_name
-from layerwise.zoo.registry import Recipe, register
+from layerwise.zoo.registry import Recipe, register, training_set_size
 
 __all__ = ["LT_BASE", "LATENT_DIT", "LAYER_DIT"]
 
@@ -47,7 +47,8 @@ def _fit_lt(model, cfg, steps, generator, device, progress=None):
     from layerwise.layer_diffusion import evaluate_latent_transparency, train_latent_transparency
 
     ae = _ae(device)
-    data, _ = sprite_layers(cfg["data"]["n"], cfg["data"]["seed"], cfg["data"]["size"], cfg["data"]["glass_share"])
+    n = training_set_size(cfg["data"]["n"], steps, cfg["batch_size"])
+    data, _ = sprite_layers(n, cfg["data"]["seed"], cfg["data"]["size"], cfg["data"]["glass_share"])
     _, hist = train_latent_transparency(ae, data, harmlessness_weight=cfg["model"]["harmlessness_weight"], steps=steps,
                                         generator=generator, device=device, model=model,
                                         batch_size=cfg["batch_size"], lr=cfg["lr"], progress=progress)
@@ -109,7 +110,8 @@ def _latents(rgba, device, transparency: str | None = None) -> torch.Tensor:
 def _fit_dit(model, cfg, steps, generator, device, progress=None, transparency=None):
     from layerwise.diffusion.train import fit_denoiser, heldout_eps_loss
 
-    rgba, labels = sprite_layers(cfg["data"]["n"], cfg["data"]["seed"], cfg["data"]["size"], cfg["data"]["glass_share"])
+    n = training_set_size(cfg["data"]["n"], steps, cfg["batch_size"])
+    rgba, labels = sprite_layers(n, cfg["data"]["seed"], cfg["data"]["size"], cfg["data"]["glass_share"])
     z = _latents(rgba, device, transparency)
     losses = fit_denoiser(model, z, labels=labels, steps=steps, batch_size=cfg["batch_size"], lr=cfg["lr"],
                           ema=cfg["ema"], generator=generator, device=device, progress=progress)

@@ -11,7 +11,7 @@ import torch
 from layerwise.core.env import progress_bar
 from layerwise.core.train import fit_steps
 from layerwise.data.sprite_sets import labelled_sprites
-from layerwise.zoo.registry import Recipe, register
+from layerwise.zoo.registry import Recipe, register, training_set_size
 
 __all__ = ["SPRITE_DIT16", "AE32", "SPRITE_CLASSIFIER16"]
 
@@ -38,7 +38,7 @@ def _build_dit(cfg: dict):
 def _fit_sprite_dit(model, cfg, steps, generator, device, progress=None):
     from layerwise.diffusion.train import fit_denoiser, heldout_eps_loss
 
-    x, y = _sprite_data(cfg, cfg["data"]["seed"])
+    x, y = _sprite_data(cfg, cfg["data"]["seed"], training_set_size(cfg["data"]["n"], steps, cfg["batch_size"]))
     losses = fit_denoiser(model, x, labels=y, steps=steps, batch_size=cfg["batch_size"], lr=cfg["lr"],
                           ema=cfg["ema"], generator=generator, device=device, progress=progress)
     xv, yv = _sprite_data(cfg, 777, n=2048)
@@ -98,7 +98,7 @@ def _ae_mse(model, images, device) -> float:
 
 
 def _fit_ae(model, cfg, steps, generator, device, progress=None):
-    x = _ae_data(cfg, cfg["data"]["seed"])
+    x = _ae_data(cfg, cfg["data"]["seed"], training_set_size(cfg["data"]["n"], steps, cfg["batch_size"]))
 
     def loss_fn(step):
         batch = x[torch.randint(0, len(x), (cfg["batch_size"],), generator=generator)].to(device)
@@ -108,7 +108,7 @@ def _fit_ae(model, cfg, steps, generator, device, progress=None):
     fit_steps(model, loss_fn, steps, lr=cfg["lr"], weight_decay=0.01, warmup=100, cosine=True, progress=progress,
               desc="autoencoder")           # weight decay 0.01: AdamW's default, as the weights were trained
     with torch.no_grad():   # latents to unit variance, as SD's scaling_factor does
-        z = torch.cat([model.encoder(x[i:i + 512].to(device) * 2 - 1) for i in range(0, 2048, 512)])
+        z = torch.cat([model.encoder(x[i:i + 512].to(device) * 2 - 1) for i in range(0, min(2048, len(x)), 512)])
         model.scale.fill_(1.0 / z.std().item())
     xv = _ae_data(cfg, 777, n=1024)
     mse = _ae_mse(model, xv, device)
@@ -154,7 +154,7 @@ def _classifier_error(model, x, y, device) -> float:
 def _fit_classifier(model, cfg, steps, generator, device, progress=None):
     """Trained on the sprite model's own input range ([-1, 1]); half the batches with added Gaussian
     noise of std up to 0.2, so slightly imperfect samples are still read for their shape."""
-    x, y = _sprite_data(cfg, cfg["data"]["seed"])
+    x, y = _sprite_data(cfg, cfg["data"]["seed"], training_set_size(cfg["data"]["n"], steps, cfg["batch_size"]))
 
     def loss_fn(step):
         idx = torch.randint(0, len(x), (cfg["batch_size"],), generator=generator)
