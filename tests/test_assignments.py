@@ -6,9 +6,11 @@ course's own ``nbgrader_config.py`` (so with the grader's guard armed at kernel 
 
 - ``solution``: the solution's answers          -> full marks
 - ``stubs``: the release as handed out            -> 0
-- ``cheat_*``: answers that only call the reference or talk the grader into full marks (re-export,
-  alias, through the module, after switching off the profiler, after patching the grading
-  helpers; ``cheat_calls``: every route of ``CALL_ROUTES`` below inside each graded call, the three
+- ``cheats_<i>``: answers that only call the reference (``CHEATS``: re-export, alias, through the
+  module, after switching off the profiler, after patching the grading helpers), one route per
+  graded cell, so that one kernel tries several routes; a route whose effect reaches later cells
+  (``LATER_CELLS``) sits in the last graded cell, one such route a submission -> 0 on each route's
+  item, with the reference named; ``cheat_calls``: every route of ``CALL_ROUTES`` below inside each graded call, the three
   of issue 13 among them (walking the grader's frames, pausing the profiler, a thread with
   threading's profile hook cleared); ``cheat_top``: ``TOP_ROUTES`` and ``LOUD_ROUTES`` at the top
   level of the first answer cell; ``cheat_fake_grader``: a grader replaced behind the hidden tests'
@@ -19,8 +21,10 @@ course's own ``nbgrader_config.py`` (so with the grader's guard armed at kernel 
 - ``noisy``: the solution written in legitimately unusual ways (a helper in another answer cell,
   functools.wraps / lru_cache / partial, recursion, a generator, a class with ``__call__``),
   printing junk at definition and on every call -> full marks
-- ``broken``: first answer raises, second loops forever when called -> only those items lose points
-- ``hang``: the last answer cell never finishes at definition -> only that item loses points
+- ``broken``: the first answer raises when called and its cell never finishes at definition, the
+  second loops forever when called -> only those items lose points, the third still scores full
+  (with fewer than three graded functions: ``broken`` without the hang, and ``hang``, whose last
+  answer cell never finishes at definition)
 - ``alternative``: a faithful reimplementation written differently (from tests/test_<m>.py) -> full
 
 Every cheat is functional: against a grader without the guard (this course's grader before it had
@@ -52,7 +56,7 @@ ASSIGNMENTS = assignments(ROOT)
 # Seconds nbgrader allows one cell in this test (the course config allows 300). The kernel imports
 # torch before the first cell (nbgrader_config.py arms the grader then), so every cell of every
 # solution runs in well under a second unloaded and under 3.5 s on a machine with load 14;
-# only the two deliberate endless loops (``broken``, ``hang``) reach it.
+# only the two deliberate endless loops (``broken``) reach it.
 CELL_TIMEOUT = 8
 
 CHEATS = {
@@ -66,6 +70,34 @@ CHEATS = {
                             "layerwise.grading.check_function = layerwise.grading.check.check_function = "
                             "lambda *args, **kwargs: None\n"),
 }
+# Routes of CHEATS that reach the cells after their own (the profiler switched off in the visible
+# test, the grading helpers patched at the top level): each goes last in its own submission.
+LATER_CELLS = ("cheat_unhook", "cheat_patch_grading")
+
+
+def _cheat_submissions(graded: list[str]) -> tuple[dict[str, dict[str, str]], dict[str, tuple[str, str]]]:
+    """The routes of CHEATS spread over as few submissions as possible: ({student: {fn: route}},
+    {route: (student, fn)}, the item where each route is asserted)."""
+    clean = [r for r in CHEATS if r not in LATER_CELLS]
+    subs: dict[str, dict[str, str]] = {}
+    where: dict[str, tuple[str, str]] = {}
+    todo = list(clean)
+    for last in [*LATER_CELLS, *([None] * len(clean))]:
+        if last is None and not todo:
+            break
+        student = f"cheats_{len(subs)}"
+        routes: dict[str, str] = {}
+        for fn in graded[:-1] if last else graded:
+            route = todo.pop(0) if todo else clean[len(routes) % len(clean)]
+            routes[fn] = route
+            where.setdefault(route, (student, fn))
+        if last:
+            routes[graded[-1]] = last
+            where[last] = (student, graded[-1])
+        subs[student] = routes
+    assert set(where) == set(CHEATS)
+    return subs, where
+
 
 # Routes that run inside the graded call. Each is a helper ``_route_<name>__<fn>(ref, a, k)``
 # returning the expected value (or the reference's output) or None; its marker is what the item's
@@ -301,6 +333,7 @@ class Round:
         self.points: dict[str, float] = {}
         self.scores: dict[str, dict[str, float]] = {}
         self.seconds = 0.0
+        self.cheat_at: dict[str, tuple[str, str]] = {}   # CHEATS route -> (student, function) it is asserted on
         self.outputs: dict[str, dict[str, str]] = {}
         self.messages: dict[str, dict[str, list[str]]] = {}   # each error's message (evalue) by cell
 
@@ -346,10 +379,11 @@ def graded(request, tmp_path_factory) -> Round:
     mod = r.reference
     fmt = lambda t, fn: t.format(mod=mod, fn=fn)  # noqa: E731
     unusual = _unusual(r.graded, sol)
+    cheat_subs, r.cheat_at = _cheat_submissions(r.graded)
     students = {
         "solution": sol,
         "stubs": {},
-        **{k: {fn: fmt(t, fn) for fn in r.graded} for k, t in CHEATS.items()},
+        **{s: {fn: fmt(CHEATS[route], fn) for fn, route in routes.items()} for s, routes in cheat_subs.items()},
         "cheat_calls": {fn: _routes_cell(mod, fn, CALL_ROUTES) for fn in r.graded},
         "cheat_top": {r.graded[0]: _top_cell(mod, r.graded[0]),
                       **{fn: fmt(CHEATS["cheat_module"], fn) for fn in r.graded[1:]}},
@@ -359,10 +393,15 @@ def graded(request, tmp_path_factory) -> Round:
         **{f"wrong_{i}": {**sol, **{fn: ws[i] + (fmt(PATCH_REFERENCE, fn) if i == 0 else "")
                                     for fn, ws in wrong.items() if i < len(ws)}}
            for i in range(max(len(ws) for ws in wrong.values()))},
-        "hang": {**sol, r.graded[-1]: HANGS_AT_DEFINITION},
     }
-    if len(r.graded) >= 2:
-        students["broken"] = {**sol, r.graded[0]: fmt(RAISES, r.graded[0]), r.graded[1]: fmt(LOOPS_WHEN_CALLED, r.graded[1])}
+    if len(r.graded) >= 3:   # one kernel: a raising answer whose cell then hangs, an endless call, a good answer
+        students["broken"] = {**sol, r.graded[0]: fmt(RAISES, r.graded[0]) + "\n\n" + HANGS_AT_DEFINITION,
+                              r.graded[1]: fmt(LOOPS_WHEN_CALLED, r.graded[1])}
+    else:
+        students["hang"] = {**sol, r.graded[-1]: HANGS_AT_DEFINITION}
+        if len(r.graded) == 2:
+            students["broken"] = {**sol, r.graded[0]: fmt(RAISES, r.graded[0]),
+                                  r.graded[1]: fmt(LOOPS_WHEN_CALLED, r.graded[1])}
     for student, ans in students.items():
         d = tmp / "submitted" / student / name
         d.mkdir(parents=True)
@@ -430,12 +469,12 @@ def test_stubs_score_zero(graded: Round):
     assert _total(graded, "stubs") == 0, graded.scores["stubs"]
 
 
-@pytest.mark.parametrize("student", sorted(CHEATS))
-def test_calling_the_reference_scores_zero(graded: Round, student: str):
+@pytest.mark.parametrize("route", sorted(CHEATS))
+def test_calling_the_reference_scores_zero(graded: Round, route: str):
+    student, fn = graded.cheat_at[route]   # the item where this route is the answer
     assert _total(graded, student) == 0, f"{student} scored {graded.scores[student]}"
-    for fn in graded.graded:
-        assert "calls the reference implementation" in graded.outputs[student][f"test_{fn}"], (
-            f"{student}/{fn}: the failure should say the answer calls the reference")
+    assert "calls the reference implementation" in _message(graded, student, fn), (
+        f"{route} ({student}/{fn}): the failure should say the answer calls the reference")
 
 
 @pytest.mark.parametrize("route", sorted(ISSUE_13))
@@ -514,11 +553,15 @@ def test_broken_answers_cost_only_their_own_points(graded: Round):
         pytest.skip("needs two graded functions")
     first, second = graded.graded[:2]
     assert _item(graded, "broken", first) == 0 and _item(graded, "broken", second) == 0
-    for fn in graded.graded[2:]:
-        assert _item(graded, "broken", fn) == graded.points[fn]
-    for fn in graded.graded[:-1]:
-        assert _item(graded, "hang", fn) == graded.points[fn], f"a hanging cell elsewhere cost {fn} its points"
-    assert _item(graded, "hang", graded.graded[-1]) == 0
+    for fn in graded.graded[2:]:   # after a cell that hung and a call that never returned
+        assert _item(graded, "broken", fn) == graded.points[fn], (
+            f"a hanging cell and an endless call elsewhere cost {fn} its points")
+    if "hang" in graded.students:
+        for fn in graded.graded[:-1]:
+            assert _item(graded, "hang", fn) == graded.points[fn], f"a hanging cell elsewhere cost {fn} its points"
+        assert _item(graded, "hang", graded.graded[-1]) == 0
+    else:   # the first answer cell did hang, and was stopped
+        assert "KeyboardInterrupt" in graded.outputs["broken"][first], graded.outputs["broken"][first][:2000]
     # bounded time: every student ran, the two endless loops each cut off by the cell time limit
     budget = CELL_TIMEOUT * 2 + 30 * len(graded.students)
     assert graded.seconds < budget, f"autograding took {graded.seconds:.0f} s (budget {budget} s)"
