@@ -37,7 +37,7 @@ book: $(STAMP)
 
 ## make test: library tests, chapters in the fast profile, nbgrader round trips, book build.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=40
 
 ## make exercises: regenerate exercises/ (student release) from solutions/.
 exercises: $(STAMP)

@@ -525,7 +525,20 @@ def test_inversion_of_a_zero_predictor_is_exact():
     inv = de.invert_source(model, img, steps=8, progress=False)
     assert len(inv.inverted) == 9 and len(inv.source) == 8
     assert torch.allclose((inv.reconstruction + 1) / 2, img, atol=1e-5)
+    assert torch.allclose((inv.plain_reconstruction + 1) / 2, img, atol=1e-5)
     assert torch.allclose(inv.inverted[-1], img * 2 - 1)
+    with pytest.raises(ValueError, match="proximal"):
+        de.invert_source(model, img, steps=2, proximal=2.0)
+
+
+def test_proximal_guidance_pulls_the_source_copy_towards_the_inversion():
+    model = _dit()
+    img, _ = _scene()
+    inv = de.invert_source(model, img, steps=8, progress=False)
+    off = de.invert_source(model, img, steps=8, proximal=0.0, progress=False)
+    assert torch.allclose(inv.plain_reconstruction, off.reconstruction, atol=1e-5)
+    target = img * 2 - 1
+    assert (inv.reconstruction - target).abs().mean() < (inv.plain_reconstruction - target).abs().mean()
 
 
 def test_removal_changes_only_the_hole_and_the_modes_differ():
@@ -687,3 +700,26 @@ def test_hole_attention():
     assert all(b.attn.processor is None for b in model.blocks)
     with pytest.raises(TypeError, match="TinyDiT"):
         de.hole_attention(torch.nn.Linear(2, 2), x, 100, hole)
+
+
+def test_more_bad_input():
+    model = _dit()
+    img, mask = _scene()
+    with pytest.raises(ValueError, match="same shape"):
+        de.paste_baseline(img[:1], img, mask)
+    with pytest.raises(TypeError, match="shift"):
+        de.paste_baseline(img, img, mask, shift="left")
+    with pytest.raises(ValueError, match="fraction"):
+        de.default_steps(50, 1.5)
+    with pytest.raises(ValueError, match="steps"):
+        de.default_steps(0, 0.8)
+    with pytest.raises(ValueError, match="image"):
+        de.invert_source(model, img[:, :1], steps=2)
+    with pytest.raises(ValueError, match="hole"):
+        de.hole_attention(model, img * 2 - 1, 10, mask[..., :4])
+    with pytest.raises(ValueError, match="mode"):
+        de.hole_attention(model, img * 2 - 1, 10, mask, mode="k")
+    with pytest.raises(TypeError, match="index"):
+        de.invert_source(model, img, steps=2, progress=False).take(3)
+    with pytest.raises(ValueError, match="hole"):
+        de.removal_scores(img, img, img, mask[..., :4], mask)

@@ -623,12 +623,14 @@ class Inversion:
 
     ``inverted[i]``: the inverted latent at the level where sampling step ``i`` starts (``inverted[0]``
     is x_T, ``inverted[N]`` the source itself); ``source[i]``: the source slot after sampling step ``i``
-    (plain DDIM from x_T, the official batch slot 0), so ``source[N − 1]`` is the reconstruction.
+    (DDIM from x_T with proximal guidance, the official batch slot 0), so ``source[N − 1]`` is its
+    reconstruction; ``plain_reconstruction``: DDIM from x_T without any pull.
     """
 
     plan: DDIMPlan
     inverted: list[Tensor]
     source: list[Tensor]
+    plain_reconstruction: Tensor
 
     @property
     def reconstruction(self) -> Tensor:
@@ -637,7 +639,8 @@ class Inversion:
     def take(self, index: Sequence[int] | slice) -> "Inversion":
         """The inversion of some images of the batch (an index list or a slice)."""
         idx = _index(index, self.inverted[0].shape[0])
-        return Inversion(self.plan, [x[idx] for x in self.inverted], [x[idx] for x in self.source])
+        return Inversion(self.plan, [x[idx] for x in self.inverted], [x[idx] for x in self.source],
+                         self.plain_reconstruction[idx])
 
 
 def _index(index, n: int):
@@ -670,26 +673,34 @@ def _space_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
 
 @torch.no_grad()
 def invert_source(model, image: Tensor, *, ae=None, steps: int = 50, schedule: dict | None = None,
-                  progress: bool | None = None) -> Inversion:
-    """DDIM-invert ``image`` (B, 3, H, W) in [0, 1] with ``steps`` steps, then sample it back.
+                  proximal: float = 0.1, progress: bool | None = None) -> Inversion:
+    """DDIM-invert ``image`` (B, 3, H, W) in [0, 1] with ``steps`` steps, then denoise it back.
 
     Inversion follows the official ``next_step``: from level ``abar_prev[i]`` to ``abar[i]`` with ε̂
-    evaluated at timestep ``timesteps[i]``, for i = N − 1 … 0; the reconstruction is plain DDIM (η = 0)
-    from the result. The reconstruction's PSNR against the source is the ceiling of every edit.
+    evaluated at timestep ``timesteps[i]``, for i = N − 1 … 0. The *source slot* is then denoised from
+    x_T with plain DDIM (η = 0) and, as in the official code, proximal guidance: after each step with
+    t < 400 it is pulled by ``proximal`` towards the inversion at the same level (Han et al. 2024; the
+    official 0.1; 0 switches it off). ``plain_reconstruction`` is the same walk without the pull: the
+    model's own round trip, the ceiling of anything the model has to regenerate.
     """
     image = _images(image)
     plan = ddim_plan(steps, schedule)
+    proximal = _number(proximal, "proximal", 0.0, 1.0)
     x = _to_space(image, ae)
     inverted = [x]
     for i in progress_bar(list(reversed(range(len(plan)))), desc="DDIM inversion", enabled=progress):
         x = ddim_inversion_step(x, _eps(model, x, plan.timesteps[i]), plan.abar_prev[i], plan.abar[i])
         inverted.append(x)
     inverted = inverted[::-1]
-    x, source = inverted[0], []
+    b = x.shape[0]
+    x = torch.cat([inverted[0], inverted[0]]) if proximal > 0 else inverted[0]
+    source = []
     for i in progress_bar(range(len(plan)), desc="DDIM reconstruction", enabled=progress):
         x = ddim_step(x, _eps(model, x, plan.timesteps[i]), plan.abar[i], plan.abar_prev[i])
-        source.append(x)
-    return Inversion(plan, inverted, source)
+        if proximal > 0 and plan.timesteps[i] < 400:
+            x = torch.cat([x[:b], x[b:] - proximal * (x[b:] - inverted[i + 1])])
+        source.append(x[b:] if proximal > 0 else x)
+    return Inversion(plan, inverted, source, x[:b])
 
 
 def default_steps(steps: int, fraction: float) -> int:
@@ -737,14 +748,16 @@ def remove_object(model, image: Tensor, mask: Tensor, *, ae=None, steps: int = 5
     image: ``(B, 3, H, W)`` in [0, 1]; mask: ``(B, 1, H, W)`` or ``(B, H, W)``, 1 on the object.
 
     1. ``hole`` = the mask dilated by ``dilate`` image pixels, brought to the model's resolution;
-    2. DDIM-invert the image (:func:`invert_source`, or reuse ``inversion``);
+    2. DDIM-invert the image and denoise a *source* copy back (:func:`invert_source`, or reuse
+       ``inversion``);
     3. denoise a background copy from x_T. In steps ``1 ≤ i < mask_until`` (default 80 % of the
        steps: the official 40 of 50, step 0 skipped) every self-attention hides the hole's tokens
        (``mode``, :func:`key_masked_attention`) and the prediction is ``ε_u + guidance (ε_m − ε_u)``
        (:func:`masking_guidance`; the official 7.5). After each step ``i < blend_until`` (default 82 %:
        41 of 50) the latent outside the hole is replaced by the source's reconstruction
        (:func:`latent_blend`); in later steps with t < 400 it is pulled by ``proximal`` towards the
-       inversion (the official proximal guidance, 0.1; 0 switches it off).
+       inversion outside the hole (the official proximal guidance, 0.1; 0 switches it off; the
+       source copy gets the same pull everywhere).
 
     Returns the background (B, 3, H, W) in [0, 1], or a :class:`Removal` with ``return_details``.
     """
@@ -762,7 +775,8 @@ def remove_object(model, image: Tensor, mask: Tensor, *, ae=None, steps: int = 5
     dilate = _int(dilate, "dilate", 0)
     proximal = _number(proximal, "proximal", 0.0, 1.0)
     if inversion is None:
-        inversion = invert_source(model, image, ae=ae, steps=steps, schedule=schedule, progress=progress)
+        inversion = invert_source(model, image, ae=ae, steps=steps, schedule=schedule, proximal=proximal,
+                                  progress=progress)
     else:
         with torch.no_grad():
             shape = _to_space(image[:1], ae).shape
@@ -894,7 +908,8 @@ def edit_layer(model, image: Tensor, mask: Tensor, *, shift=(0, 0), scale: float
     if scale == 1.0 and not flip:
         layer = removal.inversion
     else:
-        layer = invert_source(model, layer_image, ae=ae, steps=steps, schedule=schedule, progress=progress)
+        layer = invert_source(model, layer_image, ae=ae, steps=steps, schedule=schedule,
+                              proximal=removal.settings["proximal"], progress=progress)
     plan = layer.plan
     space = tuple(removal.latents[0].shape[-2:])
     f_y, f_x = image.shape[-2] / space[0], image.shape[-1] / space[1]
@@ -919,6 +934,8 @@ def _shifts(shift, b: int) -> list[tuple[int, int]]:
 
     if isinstance(shift, Tensor):
         shift = shift.tolist()
+    if isinstance(shift, (str, bytes)) or not hasattr(shift, "__len__"):
+        raise TypeError(f"shift must be a pair of ints (dy, dx) or one pair per image, got {shift!r}")
     shift = list(shift)
     if len(shift) == 2 and not isinstance(shift[0], (list, tuple)):
         return [pair(shift)] * b
