@@ -159,7 +159,9 @@ CALL_ROUTES = {
     "reload_old": "def _route_reload_old__{fn}(ref, a, k):\n    return _OLD__{fn}(*a, **k)\n",
     "importlib_util": ("def _route_importlib_util__{fn}(ref, a, k):\n"
                        "    spec = importlib.util.spec_from_file_location('my_private_copy', _lib.__file__)\n"
-                       "    mine = importlib.util.module_from_spec(spec)\n    spec.loader.exec_module(mine)\n"
+                       "    mine = importlib.util.module_from_spec(spec)\n"
+                       "    sys.modules['my_private_copy'] = mine   # a dataclass in the module needs it\n"
+                       "    spec.loader.exec_module(mine)\n"
                        "    return getattr(mine, '{fn}')(*a, **k)\n"),
     "patch_grader": ("def _route_patch_grader__{fn}(ref, a, k):\n    import layerwise.grading.check as grader\n"
                      "    grader._compare = lambda *x, **y: None   # every output now 'matches'\n"),
@@ -246,9 +248,10 @@ _TOP_RUNNER = ("\n{fn} = getattr(_lib, '{fn}')\nfor _route in [{routes}]:\n    t
 
 # Installed during the first visible test: the hidden tests' reload of the grader finds a fake one
 # (a patched finder the snapshot does not cover); the test cell must still fail when it ends.
-FAKE_GRADER = ("import importlib, importlib.abc, importlib.util, os, sys\nimport torch\nimport {mod} as _lib\n\n\n"
+FAKE_GRADER = ("import importlib, importlib.abc, importlib.util, os, sys, types\nimport torch\nimport {mod} as _lib\n\n\n"
                "class _Fake(importlib.abc.Loader):\n    def create_module(self, spec):\n        return None\n\n"
-               "    def exec_module(self, module):\n        module.check_function = module.Case = ''.format\n"
+               "    def exec_module(self, module):\n        module.check_function = ''.format\n"
+               "        module.Case = lambda name, *args, **kwargs: types.SimpleNamespace(name=name, args=args, kwargs=kwargs)\n"
                "        module.fresh_generator = torch.Generator\n\n\n"
                "def _install_fake_grader():\n    import layerwise.grading.check as real\n"
                "    finder = sys.path_importer_cache[os.path.dirname(real.__file__)]\n    find = finder.find_spec\n"
