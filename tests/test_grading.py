@@ -710,3 +710,36 @@ def test_an_armed_kernel_stops_a_notebook_that_tampers_and_catches_a_replaced_gr
     assert "the course's grader never ran here" in errors[3], errors[3]
     assert "blocked by the course's grader" in errors[4] and "gc.get_objects" in errors[4], errors[4]
     assert "stopped this notebook" in errors[5] and "gc.get_objects" in errors[5], errors[5]
+
+
+_DYNAMO_REWRAP = """
+import sys, torch, torch.nn.functional as F
+from layerwise.grading import CallsReferenceError, Case, check_function
+REF = "layerwise.msd.msd_loss"
+cases = lambda: [Case("random", torch.randn(4, 5, 3), torch.randint(0, 3, (5,)))]
+def ok(logits, y):
+    return torch.stack([F.cross_entropy(logits[m], y) for m in range(logits.shape[0])]).mean()
+check_function(ok, REF, cases())         # the guard is installed, its snapshot taken
+import torch._dynamo                     # rebinds torch.manual_seed to a wrapper of itself
+real = torch.manual_seed
+torch.manual_seed = torch._disable_dynamo(real)   # and once more, explicitly
+check_function(ok, REF, cases())
+def replaces_it(logits, y):
+    torch.manual_seed = lambda seed: real(0)
+    return ok(logits, y)
+try:
+    check_function(replaces_it, REF, cases())
+except CallsReferenceError as e:
+    assert "torch.manual_seed" in str(e), e
+    print("CAUGHT")
+"""
+
+
+def test_a_library_wrapping_a_torch_function_is_not_tampering():
+    """Importing torch._dynamo (which a notebook can cause: torch.compile, some torch APIs) rebinds
+    torch.manual_seed to a wrapper of itself: not a change to what the grader relies on. A
+    student's own replacement of the same name still is. (A fresh process: the guard's snapshot
+    is taken once per process, and this file's other tests leave changes behind.)"""
+    import subprocess
+    out = subprocess.run([sys.executable, "-c", _DYNAMO_REWRAP], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("CAUGHT"), out.stdout[-2000:] + out.stderr[-3000:]

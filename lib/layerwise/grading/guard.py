@@ -496,6 +496,24 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
             if n in mods}))
         return out
 
+    def rewrapped_by_library(new, old):
+        """True for a chain of functions of installed libraries that wraps the very object it
+        replaced (``functools.wraps``): torch does this to ``torch.manual_seed`` when
+        ``torch._dynamo`` is first imported, which an honest notebook can cause."""
+        f = new
+        for _ in range(6):
+            if type(f) is not FunctionType:
+                return False
+            try:
+                if classify(f.__code__.co_filename) != TRUSTED:
+                    return False
+                f = dget(function_dict(f), "__wrapped__")
+            except (TypeError, AttributeError):
+                return False
+            if f is old:
+                return True
+        return False
+
     def snapshot_changes():
         """Names the notebook rebound or deleted in what the grader relies on."""
         changed = []
@@ -510,7 +528,11 @@ def _install(armed: bool) -> None:  # noqa: C901  (one closure on purpose: its s
                         changed.append(f"sys.modules[{n!r}]")
                 continue
             for k, v in snap.items():
-                if d.get(k, MISSING) is not v:
+                new = d.get(k, MISSING)
+                if new is not v and rewrapped_by_library(new, v):
+                    snap[k] = new      # e.g. importing torch._dynamo wraps torch.manual_seed
+                    continue
+                if new is not v:
                     changed.append(f"{label}.{k}")
                     if len(changed) > 12:
                         return changed
