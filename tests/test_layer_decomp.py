@@ -372,26 +372,32 @@ def test_consistency_gradient_reaches_the_foreground_of_camera_items():
     assert fg_hat.grad[:, 3][effect_region(d, "reflection")[:, 0]].abs().min() > 0
 
 
-def test_a_few_training_steps_lower_the_loss():
+@pytest.mark.parametrize("prediction", ["eps", "x0"])
+def test_a_few_training_steps_lower_the_loss(prediction):
     data = decomposition_set(16, "mixed", seed=9, size=16)
     torch.manual_seed(0)
+    cfg = dict(image_size=16, patch=4, dim=32, depth=1, heads=2, prediction=prediction)
     model, hist = ld.train_layer_decomp(data, steps=40, consistency_weight=1.0, generator=_g(0),
-                                        config=ld.LDConfig(image_size=16, patch=4, dim=32, depth=1, heads=2),
-                                        batch_size=16, lr=3e-3, warmup=5, ema=None, progress=False)
+                                        config=ld.LDConfig(**cfg), batch_size=16, lr=3e-3, warmup=5, ema=None,
+                                        progress=False)
     assert not model.training and len(hist.loss) == 40 and set(hist.logs) == {"dm", "consist"}
-    assert sum(hist.loss[-10:]) / 10 < 0.8 * sum(hist.loss[:5]) / 5
+    if prediction == "eps":     # x0: the untrained output 0 is already close (most of the residual x₀ is 0)
+        assert sum(hist.loss[-10:]) / 10 < 0.8 * sum(hist.loss[:5]) / 5
     held = ld.heldout_loss(model, decomposition_set(16, "mixed", seed=10, size=16), generator=_g(1))
-    untrained = ld.heldout_loss(ld.LayerDecompDiT(image_size=16, patch=4, dim=32, depth=1, heads=2),
-                                decomposition_set(16, "mixed", seed=10, size=16), generator=_g(1))
+    untrained = ld.heldout_loss(ld.LayerDecompDiT(**cfg), decomposition_set(16, "mixed", seed=10, size=16),
+                                generator=_g(1))
     assert held < untrained
 
 
 class _Oracle(torch.nn.Module):
-    """Predicts exactly the noise that separates x_t from the true layers: DDIM must land on them."""
+    """Outputs exactly the x₀ / v / noise that separates x_t from the true layers: DDIM must land on them."""
 
-    def __init__(self, data, residual):
+    predict = ld.LayerDecompDiT.predict
+
+    def __init__(self, data, residual, prediction="eps", emit=None):
         super().__init__()
-        self.config = ld.LDConfig(residual=residual)
+        self.config = ld.LDConfig(residual=residual, prediction=prediction)
+        self.emit = emit or prediction          # what forward outputs (a wrong kind to test the loss)
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.data = data
         self.acp = make_scheduler("ddpm").alphas_cumprod
@@ -399,18 +405,61 @@ class _Oracle(torch.nn.Module):
     def forward(self, x_bg, x_fg, t, composite, mask):
         rb, rf = ld.references(composite, mask, self.config.residual)
         a = self.acp[t].view(-1, 1, 1, 1)
-        eps = []
+        outs = []
         for x, layer, ref in ((x_bg, self.data["background"], rb), (x_fg, self.data["foreground"], rf)):
-            eps.append((x - a.sqrt() * ld.to_model_space(layer, ref)) / (1 - a).sqrt())
-        return eps[0], eps[1]
+            x0 = ld.to_model_space(layer, ref)
+            eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+            outs.append({"x0": x0, "eps": eps, "v": a.sqrt() * eps - (1 - a).sqrt() * x0}[self.emit])
+        return outs[0], outs[1]
 
 
-@pytest.mark.parametrize("residual", [False, True])
-def test_decompose_with_the_exact_noise_returns_the_true_layers(camera, residual):
+@pytest.mark.parametrize("residual,prediction", [(False, "eps"), (True, "eps"), (True, "x0"), (False, "v")])
+def test_decompose_with_the_exact_prediction_returns_the_true_layers(camera, residual, prediction):
     data = {k: v[:4] for k, v in camera.items()}
-    out = ld.decompose(_Oracle(data, residual), data["image"], data["mask"], steps=5, generator=_g(0))
+    out = ld.decompose(_Oracle(data, residual, prediction), data["image"], data["mask"], steps=5, generator=_g(0))
     assert torch.allclose(out["background"], data["background"], atol=1e-4)
     assert torch.allclose(out["foreground"], data["foreground"], atol=1e-4)
+
+
+@pytest.mark.parametrize("prediction", ld.PREDICTIONS)
+def test_predict_outputs_agree_with_the_forward_process(prediction, labelled):
+    torch.manual_seed(0)
+    m = ld.LayerDecompDiT(image_size=32, patch=4, dim=24, depth=1, heads=2, prediction=prediction)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=_g(1)))
+    acp = make_scheduler("ddpm").alphas_cumprod
+    x_bg, x_fg = torch.randn(3, 3, 32, 32, generator=_g(2)), torch.randn(3, 4, 32, 32, generator=_g(3))
+    t = torch.tensor([5, 400, 990])
+    out = m.predict(x_bg, x_fg, t, labelled["image"][:3], labelled["mask"][:3], acp)
+    a = acp[t].view(-1, 1, 1, 1)
+    raw = m(x_bg, x_fg, t, labelled["image"][:3], labelled["mask"][:3])
+    for i, x in enumerate((x_bg, x_fg)):
+        assert torch.allclose(a.sqrt() * out["x0"][i] + (1 - a).sqrt() * out["eps"][i], x, atol=1e-4)
+        assert torch.equal(out["out"][i], raw[i])
+        own = {"x0": out["x0"][i], "eps": out["eps"][i]}.get(prediction)
+        if own is not None:
+            assert torch.equal(own, raw[i])             # the output *is* the prediction of its kind
+        else:
+            assert torch.allclose(a.sqrt() * out["eps"][i] - (1 - a).sqrt() * out["x0"][i], raw[i], atol=1e-4)
+
+
+@pytest.mark.parametrize("prediction", ld.PREDICTIONS)
+def test_training_loss_of_the_exact_prediction_is_zero(prediction, labelled, camera):
+    data = {k: torch.cat([labelled[k][:3], camera[k][:3]]) for k in labelled}
+    oracle = _Oracle(data, True, prediction)
+    loss, logs = ld.training_loss(oracle, data, make_scheduler("ddpm").alphas_cumprod, generator=_g(5),
+                                  consistency_weight=1.0)
+    assert float(logs["dm"]) < 1e-6 and float(logs["consist"]) < 1e-4
+    # … and a wrong prediction is not: the oracle of another kind is off
+    other = _Oracle(data, True, prediction, emit="x0" if prediction != "x0" else "eps")
+    loss_wrong, _ = ld.training_loss(other, data, make_scheduler("ddpm").alphas_cumprod, generator=_g(5))
+    assert float(loss_wrong) > 1e-2
+
+
+def test_prediction_must_be_known():
+    with pytest.raises(ValueError, match="prediction"):
+        ld.LDConfig(prediction="flow")
 
 
 def test_decompose_shapes_range_and_determinism(small_model, camera):

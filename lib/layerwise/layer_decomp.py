@@ -9,14 +9,16 @@ gives the image back. The paper's pieces, as this module implements them at our 
    the noisy background ``x_t^bg``, the noisy RGBA foreground ``x_t^fg``, and two clean
    conditions, the composite ``I`` and the object mask ``M`` (:func:`segment_tokens`). Each
    segment's tokens get a learned **type embedding** (:class:`LayerDecompDiT`); attention runs over
-   the whole sequence; the network predicts the noise of the two noisy segments, and the loss is
-   taken **only at the noisy positions** (the outputs at the condition tokens are dropped).
+   the whole sequence; the network predicts the two noisy segments (their clean values by default,
+   ``LDConfig.prediction``), and the loss is taken **only at the noisy positions** (the outputs at
+   the condition tokens are dropped).
 2. **Two kinds of training data** (§3.3). Simulated triplets (image, background, foreground) are
    fully supervised. Camera-captured pairs have no foreground: their foreground noise is **masked
    out of the diffusion loss**, while their background stays supervised
    (:func:`masked_diffusion_loss`, paper Eq. 1).
-3. **The consistency loss** (§3.2, Eqs. 2–3). From the predicted noise, both branches give their
-   clean estimate ``x̂₀ = (x_t − √(1−ᾱ_t) ε̂) / √ᾱ_t`` (:func:`x0_from_eps`); alpha-blending them
+3. **The consistency loss** (§3.2, Eqs. 2–3). Both branches give their clean estimate x̂₀ (the
+   paper predicts noise, so ``x̂₀ = (x_t − √(1−ᾱ_t) ε̂) / √ᾱ_t``, :func:`x0_from_eps`; our default
+   x0-prediction outputs x̂₀ directly, :meth:`LayerDecompDiT.predict`); alpha-blending them
    (:func:`recomposite`) must give the input image back, in L1 (:func:`consistency_loss`). This is
    the only signal that teaches the foreground the effects seen only in camera data.
 4. Sampling: DDIM over the two noisy segments together, the conditions fixed (:func:`decompose`).
@@ -28,7 +30,11 @@ consistency loss weight and its weighting over timesteps (the paper gives neithe
 item by ``ᾱ_t``); the foreground that a camera pair's noisy foreground input starts from (we noise
 the object cut out of the image by the mask, the part of the foreground that is known,
 :func:`known_foreground`); each layer diffused as its difference from the image (background) or
-from that cut-out (foreground) (:func:`references`).
+from that cut-out (foreground) (:func:`references`); the network predicting the clean layers
+(``prediction="x0"``, as chapter 14's decomposer) rather than the noise: with the residual
+parametrisation most of x₀ is exactly zero, so ε-prediction's trivial answer ``ε̂ = x_t / √(1−ᾱ_t)``
+already scores well and, at small t, a working ε-predictor must amplify x_t up to ~100×; a small
+ε-model trained on a CPU did not get past that trivial answer (its samples were noise).
 
 Conventions: images ``(B, 3, H, W)`` and straight-alpha RGBA layers ``(B, 4, H, W)`` in [0, 1];
 masks ``(B, 1, H, W)`` in {0, 1}. The diffusion runs in model space (:func:`to_model_space`):
@@ -49,7 +55,7 @@ from layerwise.core.checks import float_tensor
 from layerwise.diffusion.dit import DiTConfig, TinyDiT, grid_position_ids, patchify, unpatchify
 from layerwise.diffusion.schedule import make_scheduler, q_sample
 
-__all__ = ["SEGMENTS", "VARIANTS", "ld_zoo_name", "segment_tokens", "segment_types", "LDConfig", "references",
+__all__ = ["SEGMENTS", "VARIANTS", "PREDICTIONS", "ld_zoo_name", "segment_tokens", "segment_types", "LDConfig", "references",
            "to_model_space", "from_model_space", "LayerDecompDiT",
            "x0_from_eps", "recomposite", "consistency_loss", "masked_diffusion_loss", "known_foreground",
            "training_loss", "train_layer_decomp", "decompose", "psnr", "alpha_error", "effect_captured",
@@ -59,6 +65,11 @@ __all__ = ["SEGMENTS", "VARIANTS", "ld_zoo_name", "segment_tokens", "segment_typ
 SEGMENTS: tuple[str, ...] = ("background", "foreground", "composite", "mask")
 _CHANNELS = 4          # every segment is zero-padded to 4 channels before patchifying
 _REDUCTIONS = ("mean", "sum", "none")
+
+#: What the network outputs for the two noisy segments: their clean values ("x0", the default and
+#: the zoo's), the velocity ``v = √ᾱ ε − √(1−ᾱ) x₀`` ("v") or the noise ("eps", the paper's DDPM-style
+#: objective).
+PREDICTIONS: tuple[str, ...] = ("x0", "v", "eps")
 
 #: The chapter's two models: the paper's "V2" (foreground with effects, no consistency loss) and
 #: "+L_consist"; the value is the consistency-loss weight each was trained with.
@@ -152,6 +163,11 @@ class LDConfig:
     heads: int = 4
     mlp_ratio: float = 4.0
     residual: bool = True
+    prediction: str = "x0"
+
+    def __post_init__(self) -> None:
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {self.prediction!r}; expected one of {PREDICTIONS}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -188,7 +204,9 @@ class LayerDecompDiT(nn.Module):
     input type separately), and a learned type vector per segment (``type_embed``) is added;
     both enter through ``TinyDiT.forward_tokens(..., embed_add=...)``.
 
-    ``forward(x_bg, x_fg, t, composite, mask) → (ε̂_bg (B, 3, H, W), ε̂_fg (B, 4, H, W))``:
+    ``forward(x_bg, x_fg, t, composite, mask) → (out_bg (B, 3, H, W), out_fg (B, 4, H, W))``, the
+    network's raw outputs: the clean layers in model space (``config.prediction="x0"``), the
+    velocity (``"v"``) or the noise (``"eps"``); :meth:`predict` turns any of them into x̂₀ and ε̂.
     ``x_bg, x_fg`` are the noisy layers in model space (:func:`to_model_space`, relative to
     :func:`references` of ``config.residual``); ``composite (B, 3, H, W)`` and ``mask (B, 1, H, W)``
     are the clean conditions in [0, 1] (mapped to [-1, 1] here).
@@ -222,9 +240,28 @@ class LayerDecompDiT(nn.Module):
         per_type = torch.einsum("bsnc,scd->bsnd", tokens.view(b, len(SEGMENTS), n, -1), self.segment_embed)
         extra = per_type.reshape(b, len(SEGMENTS) * n, -1) + self.type_embed(segment_types(n, device=tokens.device))
         out = self.dit.forward_tokens(tokens, t, pos_ids=pos, embed_add=extra)
-        eps_bg = unpatchify(out[:, :n], p, _CHANNELS, s, s)[:, :3]
-        eps_fg = unpatchify(out[:, n:2 * n], p, _CHANNELS, s, s)
-        return eps_bg, eps_fg
+        out_bg = unpatchify(out[:, :n], p, _CHANNELS, s, s)[:, :3]
+        out_fg = unpatchify(out[:, n:2 * n], p, _CHANNELS, s, s)
+        return out_bg, out_fg
+
+    def predict(self, x_bg: Tensor, x_fg: Tensor, t: Tensor, composite: Tensor, mask: Tensor,
+                alphas_cumprod: Tensor) -> dict[str, Tensor]:
+        """The network's outputs and what they imply, ``{"out": …, "x0": …, "eps": …}``, each a
+        tuple ``(background (B, 3, H, W), foreground (B, 4, H, W))`` in model space, from
+        ``x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε`` with ``ᾱ_t = alphas_cumprod[t]``."""
+        outs = self(x_bg, x_fg, t, composite, mask)
+        a = alphas_cumprod.to(x_bg.device, x_bg.dtype)[t.to(x_bg.device).long()].view(-1, 1, 1, 1)
+        x0s, epss = [], []
+        for x, o in zip((x_bg, x_fg), outs):
+            if self.config.prediction == "x0":
+                x0, eps = o, (x - a.sqrt() * o) / (1 - a).sqrt()
+            elif self.config.prediction == "v":
+                x0, eps = a.sqrt() * x - (1 - a).sqrt() * o, (1 - a).sqrt() * x + a.sqrt() * o
+            else:
+                x0, eps = x0_from_eps(x, o, a.flatten()), o
+            x0s.append(x0)
+            epss.append(eps)
+        return {"out": outs, "x0": tuple(x0s), "eps": tuple(epss)}
 
 
 # ----------------------------------------------------------------------------- the losses (exercise)
@@ -286,6 +323,9 @@ def masked_diffusion_loss(eps_hat_bg: Tensor, eps_bg: Tensor, eps_hat_fg: Tensor
     """The diffusion loss at the noisy positions (paper Eq. 1), with the foreground masked out of
     it for items without a known foreground.
 
+    The paper (and the argument names) predict the noise ε; the same loss applies unchanged to
+    any prediction and its target (our models pass predicted and true x₀, ``LDConfig.prediction``).
+
     The mean squared error over every *supervised* element: all background elements
     ``(B, 3, H, W)``, and the foreground elements ``(B, 4, H, W)`` of the items where ``has_fg``
     ``(B,)`` (bool) is True. Items with ``has_fg`` False (camera pairs) add nothing from their
@@ -344,7 +384,10 @@ def training_loss(model: LayerDecompDiT, batch: dict[str, Tensor], alphas_cumpro
     ``has_fg`` False is never read: it is replaced by :func:`known_foreground` before anything
     else, and masked out of the diffusion loss. Both layers are diffused in model space relative
     to :func:`references` (``model.config.residual``). One timestep per item, ``t ~ U{0, …, T−1}``, for
-    both noisy segments. The consistency term (only computed when ``consistency_weight`` λ > 0)
+    both noisy segments. The diffusion loss (:func:`masked_diffusion_loss`) is on what the model
+    predicts (``model.config.prediction``): x₀, the velocity ``v = √ᾱ ε − √(1−ᾱ) x₀``, or ε. The
+    consistency term goes through x̂₀ of both branches (the output itself with x0-prediction,
+    converted otherwise, :meth:`LayerDecompDiT.predict`); it (only computed when ``consistency_weight`` λ > 0)
     is applied to every item; ``weighting="abar"`` multiplies each item's L1 by its ``ᾱ_t``
     *(ours: the paper takes any t and gives no weight; x̂₀ at large t is mostly noise)*,
     ``"uniform"`` does not. Returns ``(loss, {"dm": …, "consist": …})``.
@@ -367,14 +410,22 @@ def training_loss(model: LayerDecompDiT, batch: dict[str, Tensor], alphas_cumpro
     eps_fg = torch.randn(fg0.shape, generator=generator).to(device)
     acp = alphas_cumprod.to(device)
     x_bg, x_fg = q_sample(bg0, t, eps_bg, acp), q_sample(fg0, t, eps_fg, acp)
-    eps_hat_bg, eps_hat_fg = model(x_bg, x_fg, t, image, mask)
-    dm = masked_diffusion_loss(eps_hat_bg, eps_bg, eps_hat_fg, eps_fg, has_fg)
+    pred = model.predict(x_bg, x_fg, t, image, mask, acp)
+    kind = model.config.prediction
+    if kind == "x0":
+        target_bg, target_fg = bg0, fg0
+    elif kind == "v":
+        a = acp[t].to(image.dtype).view(-1, 1, 1, 1)
+        target_bg, target_fg = a.sqrt() * eps_bg - (1 - a).sqrt() * bg0, a.sqrt() * eps_fg - (1 - a).sqrt() * fg0
+    else:
+        target_bg, target_fg = eps_bg, eps_fg
+    dm = masked_diffusion_loss(pred["out"][0], target_bg, pred["out"][1], target_fg, has_fg)
     logs = {"dm": dm.detach()}
     loss = dm
     if consistency_weight > 0:
         abar = acp[t].to(image.dtype)
-        bg_hat = from_model_space(x0_from_eps(x_bg, eps_hat_bg, abar), ref_bg)
-        fg_hat = from_model_space(x0_from_eps(x_fg, eps_hat_fg, abar), ref_fg)
+        bg_hat = from_model_space(pred["x0"][0], ref_bg)
+        fg_hat = from_model_space(pred["x0"][1], ref_fg)
         per = consistency_loss(bg_hat, fg_hat, image, reduction="none")
         consist = (per * abar).mean() if weighting == "abar" else per.mean()
         loss = loss + consistency_weight * consist
@@ -419,8 +470,9 @@ def train_layer_decomp(data: dict[str, Tensor], *, steps: int, consistency_weigh
 @torch.no_grad()
 def heldout_loss(model: LayerDecompDiT, data: dict[str, Tensor], *, generator: torch.Generator,
                  batch_size: int = 128) -> float:
-    """The masked diffusion loss (no consistency term) of ``model`` on ``data``, timesteps and
-    noise drawn with ``generator``: the zoo's check that a model still does its job."""
+    """The masked diffusion loss (no consistency term; on the model's own prediction target,
+    ``config.prediction``) of ``model`` on ``data``, timesteps and noise drawn with ``generator``:
+    the zoo's check that a model still does its job."""
     _check_batch(data)
     model.eval()
     acp = make_scheduler("ddpm").alphas_cumprod
@@ -445,7 +497,8 @@ def decompose(model: LayerDecompDiT, image: Tensor, mask: Tensor, *, steps: int 
     With ``clip`` each step's x̂₀ is clipped so that the layers it stands for stay in [0, 1] (as
     diffusers' ``clip_sample`` does for plain pixels; the update then uses the clipped x̂₀ and
     the predicted noise): a small model's x̂₀ at large t is far off, and unclipped it can carry
-    the chain away. Returns ``{"background": (B, 3, H, W), "foreground": (B, 4, H, W)}`` in
+    the chain away. With x0- or v-prediction the update's noise is the one the (clipped) x̂₀
+    implies; with ε-prediction it is the predicted noise. Returns ``{"background": (B, 3, H, W), "foreground": (B, 4, H, W)}`` in
     [0, 1] (clipped). Every mask must mark at least one pixel.
     """
     _image(image, "image", 3)
@@ -472,13 +525,14 @@ def decompose(model: LayerDecompDiT, image: Tensor, mask: Tensor, *, steps: int 
         x = noise[i:i + batch_size].to(device)
         for t in scheduler.timesteps.tolist():
             tt = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
-            e_bg, e_fg = model(x[:, :3], x[:, 3:], tt, img, m)
-            eps = torch.cat([e_bg, e_fg], 1)
+            pred = model.predict(x[:, :3], x[:, 3:], tt, img, m, acp)
+            eps, x0 = torch.cat(pred["eps"], 1), torch.cat(pred["x0"], 1)
             a_t = acp[t]
             a_prev = acp[t - step] if t - step >= 0 else acp.new_ones(())
-            x0 = x0_from_eps(x, eps, float(a_t))
             if clip:
                 x0 = torch.maximum(torch.minimum(x0, hi), lo)
+            if model.config.prediction != "eps":
+                eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
             x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
         layers = from_model_space(x, ref).clamp(0, 1).cpu()
         out_bg.append(layers[:, :3])
