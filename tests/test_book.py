@@ -24,7 +24,7 @@ import yaml
 
 from layerwise.course import (VERDICT_COLOURS, VERDICT_ORDER, chapters, collect_results, dashboard_markdown,
                               write_dashboard)
-from test_chapters import built_book, staged  # noqa: F401  (fixtures: the book test_chapters builds)
+from test_chapters import BOOK_TIMEOUT, built_book, staged  # noqa: F401  (fixtures: the book test_chapters builds)
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = chapters(ROOT)
@@ -279,6 +279,7 @@ def _table_rows(page: str) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
+@pytest.mark.timeout(BOOK_TIMEOUT)
 def test_built_dashboard_matches_the_results_files(built_book: dict, staged: Path):
     assert built_book["returncode"] == 0, "the book did not build (see test_book_builds_without_warnings)"
     html = Path(built_book["html"])

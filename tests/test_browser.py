@@ -44,7 +44,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_chapters import built_book, staged  # noqa: F401  (fixtures: the book test_chapters builds)
+from test_chapters import BOOK_TIMEOUT, built_book, staged  # noqa: F401  (fixtures: the book test_chapters builds)
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = os.environ.get("LAYERWISE_BROWSER_TEST") == "1"
@@ -333,6 +333,7 @@ def test_the_book_has_its_pages():
     assert "book/results" in PAGES and "book/intro" in PAGES and len(PAGES) > 3
 
 
+@pytest.mark.timeout(BOOK_TIMEOUT)
 @pytest.mark.parametrize("page", PAGES)
 def test_page_reads_well_in_a_browser(page: str, seen: dict[str, list[str]]):
     problems = seen[page]

@@ -29,6 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = chapters(ROOT)
 PINNED = pinned_verdicts(ROOT)
 CELL_TIMEOUT = 300   # seconds per cell: a fast-profile cell takes well under a minute; a hung kernel fails here
+# The tests that read the built book wait for every chapter to be executed first (by whichever worker
+# gets there), which takes longer than pytest-timeout's default for one test with eighteen chapters.
+BOOK_TIMEOUT = 3600
 
 
 @pytest.fixture(scope="session")
@@ -112,6 +115,7 @@ def built_book(staged: Path) -> dict:
     return json.loads(marker.read_text())
 
 
+@pytest.mark.timeout(BOOK_TIMEOUT)
 def test_book_builds_without_warnings(built_book: dict):
     assert built_book["returncode"] == 0, f"jupyter-book build failed:\n{built_book['log']}"
     print(f"book built in {built_book['seconds']:.1f} s (dashboard written in {built_book['dashboard_seconds']:.2f} s)")
