@@ -21,9 +21,14 @@ c.CourseDirectory.feedback_directory = "feedback"
 c.CourseDirectory.db_url = "sqlite:///gradebook.db"   # kept out of git (.gitignore)
 c.CourseDirectory.course_id = "layerwise"
 
-# torch code needs more than nbgrader's default 30 s per cell. An answer that never returns is
-# also stopped earlier, by the time limit in layerwise.grading, so it costs only its own points.
-c.Execute.timeout = 300
+# Time limits. Each graded call in a hidden test is stopped after 10 s (check_function's
+# time_limit), and every cell after CELL_LIMIT seconds (layerwise.grading.limit_cells, installed at
+# kernel start below): a loop in a visible test or at the top level of an answer cell then costs
+# that cell only, with a message that says why. The slowest cell of any solution notebook takes
+# a few seconds on 2 CPU cores. nbgrader's own cell timeout is the backstop for code that switches
+# the limit off; an interrupted cell scores 0 and the next cells still run.
+CELL_LIMIT = float(os.environ.get("LAYERWISE_CELL_LIMIT", "60"))
+c.Execute.timeout = int(2 * CELL_LIMIT)
 c.Execute.interrupt_on_timeout = True
 
 # The grader's watch (layerwise.grading.guard) starts with each submission's kernel, before any
@@ -31,7 +36,8 @@ c.Execute.interrupt_on_timeout = True
 # later item, and a test cell whose grader was replaced fails instead of passing. Without this
 # line the watch still starts, but only when the first hidden test imports the grader.
 c.Execute.extra_arguments = [
-    "--IPKernelApp.exec_lines=['import layerwise.grading.guard as _lwg; _lwg.arm(); del _lwg']"]
+    "--IPKernelApp.exec_lines=['import layerwise.grading.guard as _lwg; _lwg.arm(); del _lwg', "
+    f"'import layerwise.grading.check as _lwc; _lwc.limit_cells({CELL_LIMIT!r}); del _lwc']"]
 
 # nbgrader gives credit for the first value a test cell displays, even when an error follows
 # (utils.determine_grade): in this course an error in a test cell always scores 0.

@@ -53,11 +53,12 @@ from layerwise.course import assignments, nbgrader
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSIGNMENTS = assignments(ROOT)
-# Seconds nbgrader allows one cell in this test (the course config allows 300). The kernel imports
-# torch before the first cell (nbgrader_config.py arms the grader then), so every cell of every
-# solution runs in well under a second unloaded and under 3.5 s on a machine with load 14;
-# only the two deliberate endless loops (``broken``) reach it.
-CELL_TIMEOUT = 8
+# Seconds the grader allows one cell in this test (LAYERWISE_CELL_LIMIT; the course's config allows
+# 60, and nbgrader's own timeout is twice that). The kernel imports torch before the first cell
+# (nbgrader_config.py arms the grader then), so every cell of every solution runs in well under a
+# second unloaded and under 3.5 s on a machine with load 14; only the deliberate endless loops
+# (``broken``, ``hang``) reach it.
+CELL_LIMIT = 6
 
 CHEATS = {
     "cheat_import": "from {mod} import {fn}\n",
@@ -102,7 +103,11 @@ def _cheat_submissions(graded: list[str]) -> tuple[dict[str, dict[str, str]], di
 # Routes that run inside the graded call. Each is a helper ``_route_<name>__<fn>(ref, a, k)``
 # returning the expected value (or the reference's output) or None; its marker is what the item's
 # message must contain (the helper's name, which the guard reports as the place it saw).
-_FIND_EXPECTED = ("    while f is not None:\n        if 'expected' in f.f_locals:\n"
+# A careful cheat reads ``expected`` only from a function's frame (the grader's), never from the
+# notebook's globals: there a visible test's ``expected`` may belong to another call, and the visible
+# assert would fail before the hidden test's watch is reached.
+_FIND_EXPECTED = ("    while f is not None:\n"
+                  "        if f.f_code.co_name != '<module>' and 'expected' in f.f_locals:\n"
                   "            return f.f_locals['expected']\n        f = f.f_back\n")
 CALL_ROUTES = {
     # the three routes of issue 13: (a) the grader's expected value read from its frame,
@@ -115,7 +120,8 @@ CALL_ROUTES = {
                "    t = threading.Thread(target=lambda: out.append(ref(*a, **k)))\n    t.start()\n    t.join()\n"
                "    return out[0] if out else None\n"),
     "inspect_stack": ("def _route_inspect_stack__{fn}(ref, a, k):\n    for info in inspect.stack():\n"
-                      "        if 'expected' in info.frame.f_locals:\n            return info.frame.f_locals['expected']\n"),
+                      "        if info.function != '<module>' and 'expected' in info.frame.f_locals:\n"
+                      "            return info.frame.f_locals['expected']\n"),
     "currentframe": "def _route_currentframe__{fn}(ref, a, k):\n    f = inspect.currentframe()\n" + _FIND_EXPECTED,
     "traceback": ("def _route_traceback__{fn}(ref, a, k):\n    try:\n        raise KeyError\n"
                   "    except KeyError as e:\n        f = e.__traceback__.tb_frame\n" + _FIND_EXPECTED),
@@ -338,6 +344,7 @@ class Round:
         self.seconds = 0.0
         self.cheat_at: dict[str, tuple[str, str]] = {}   # CHEATS route -> (student, function) it is asserted on
         self.outputs: dict[str, dict[str, str]] = {}
+        self.printed: dict[str, dict[str, str]] = {}    # what each cell printed, by cell
         self.messages: dict[str, dict[str, list[str]]] = {}   # each error's message (evalue) by cell
 
 
@@ -411,7 +418,15 @@ def graded(request, tmp_path_factory) -> Round:
         nbformat.write(_build_submission(release, ans), d / f"{name}.ipynb")
 
     t0 = time.perf_counter()
-    nbgrader(["autograde", name, "--force", f"--Execute.timeout={CELL_TIMEOUT}"], cwd=tmp)
+    limit_before = os.environ.get("LAYERWISE_CELL_LIMIT")
+    os.environ["LAYERWISE_CELL_LIMIT"] = str(CELL_LIMIT)
+    try:
+        nbgrader(["autograde", name, "--force"], cwd=tmp)
+    finally:
+        if limit_before is None:
+            os.environ.pop("LAYERWISE_CELL_LIMIT", None)
+        else:
+            os.environ["LAYERWISE_CELL_LIMIT"] = limit_before
     r.seconds = time.perf_counter() - t0
 
     from nbgrader.api import Gradebook
@@ -425,6 +440,8 @@ def graded(request, tmp_path_factory) -> Round:
             _grade_id(c): "\n".join(o.get("evalue", "") + "".join(o.get("traceback", [])) for o in c.get("outputs", [])
                                     if o.get("output_type") == "error")
             for c in nb.cells if _grade_id(c)}
+        r.printed[student] = {_grade_id(c): "".join(o.get("text", "") for o in c.get("outputs", [])
+                                                    if o.get("output_type") == "stream") for c in nb.cells if _grade_id(c)}
         r.messages[student] = {_grade_id(c): [o.get("evalue", "") for o in c.get("outputs", [])
                                               if o.get("output_type") == "error"] for c in nb.cells if _grade_id(c)}
     r.release, r.students = release, students
@@ -551,10 +568,28 @@ def test_wrong_answers_lose_their_points_with_a_teaching_message(graded: Round):
             assert fn in msg and re.search(r"expected|differ|NaN", msg), f"unhelpful failure message for {fn}:\n{msg}"
 
 
+VISIBLE_PASSED = "visible tests passed"   # the last line of every visible test
+
+
+def test_visible_tests_catch_every_listed_pitfall(graded: Round):
+    """A student sees each pitfall of WRONG_ANSWERS fail a visible test before submitting (issue 15),
+    and the solution and the faithful alternative pass the visible tests."""
+    for student in ("solution", "alternative"):
+        for fn in graded.graded:
+            assert VISIBLE_PASSED in graded.printed[student][f"test_{fn}"], (
+                f"{student}: the visible tests of {fn} did not pass:\n{graded.outputs[student][f'test_{fn}'][:2000]}")
+    wrong = _answers_module(graded.reference).WRONG_ANSWERS
+    missed = [f"{fn} wrong answer #{i}" for fn in graded.graded
+              for i in range(1 if isinstance(wrong[fn], str) else len(wrong[fn]))
+              if VISIBLE_PASSED in graded.printed[f"wrong_{i}"][f"test_{fn}"]]
+    assert not missed, f"these pitfalls pass every visible test (add the case they fail): {missed}"
+
+
 def test_broken_answers_cost_only_their_own_points(graded: Round):
     if "broken" not in graded.students:
         pytest.skip("needs two graded functions")
     first, second = graded.graded[:2]
+    stopped = f"This cell was stopped after {CELL_LIMIT:g} s"
     assert _item(graded, "broken", first) == 0 and _item(graded, "broken", second) == 0
     for fn in graded.graded[2:]:   # after a cell that hung and a call that never returned
         assert _item(graded, "broken", fn) == graded.points[fn], (
@@ -563,10 +598,12 @@ def test_broken_answers_cost_only_their_own_points(graded: Round):
         for fn in graded.graded[:-1]:
             assert _item(graded, "hang", fn) == graded.points[fn], f"a hanging cell elsewhere cost {fn} its points"
         assert _item(graded, "hang", graded.graded[-1]) == 0
-    else:   # the first answer cell did hang, and was stopped
-        assert "KeyboardInterrupt" in graded.outputs["broken"][first], graded.outputs["broken"][first][:2000]
-    # bounded time: every student ran, the two endless loops each cut off by the cell time limit
-    budget = CELL_TIMEOUT * 2 + 30 * len(graded.students)
+    else:   # the first answer cell did hang, and was stopped by the grader's cell limit
+        assert stopped in graded.outputs["broken"][first], graded.outputs["broken"][first][:2000]
+    # the endless call inside the visible test is stopped by the same limit, with its message
+    assert stopped in graded.outputs["broken"][f"test_{second}"], graded.outputs["broken"][f"test_{second}"][:2000]
+    # bounded time: every student ran, the endless loops each cut off by the cell limit
+    budget = CELL_LIMIT * 2 + 30 * len(graded.students)
     assert graded.seconds < budget, f"autograding took {graded.seconds:.0f} s (budget {budget} s)"
 
 

@@ -102,8 +102,10 @@ def test_stub_and_exceptions_are_reported():
         raise NotImplementedError()
     with pytest.raises(AssertionError, match="not implemented yet"):
         check_function(stub, REF, _cases())
-    with pytest.raises(AssertionError, match="raised ZeroDivisionError"):
+    with pytest.raises(AssertionError, match="raised ZeroDivisionError") as info:
         check_function(lambda lg, y: 1 / 0, REF, _cases())
+    # after the student's call, the message says what the reference returns for that case
+    assert "expected: float32 tensor of shape ()" in str(info.value), str(info.value)
 
 
 def test_inputs_are_isolated_from_the_student():
@@ -781,3 +783,61 @@ def test_a_library_adding_an_import_finder_is_not_tampering():
     import subprocess
     out = subprocess.run([sys.executable, "-c", _LIBRARY_FINDER], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip().endswith("CAUGHT"), out.stdout[-2000:] + out.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------- the per-cell limit
+
+class _Events:
+    def __init__(self):
+        self.hooks = {}
+
+    def register(self, event, fn):
+        self.hooks.setdefault(event, []).append(fn)
+
+    def fire(self, event):
+        for fn in self.hooks.get(event, []):
+            fn(None)
+
+
+class _Shell:
+    def __init__(self):
+        self.events = _Events()
+
+
+def test_limit_cells_stops_a_looping_cell_and_leaves_others_alone():
+    import signal
+    import time
+
+    from layerwise.grading import StudentTimeoutError, limit_cells
+    before = signal.getsignal(signal.SIGALRM)
+    shell = _Shell()
+    try:
+        assert limit_cells(0.3, shell=shell)
+        shell.events.fire("pre_run_cell")           # a cell that loops forever is stopped
+        t0 = time.monotonic()
+        with pytest.raises(StudentTimeoutError, match=r"stopped after 0.3 s"):
+            while True:
+                pass
+        assert time.monotonic() - t0 < 2
+        shell.events.fire("post_run_cell")
+        shell.events.fire("pre_run_cell")           # a quick cell is not, and its alarm is cancelled
+        shell.events.fire("post_run_cell")
+        time.sleep(0.5)
+        shell.events.fire("pre_run_cell")           # a graded call's own limit nests inside the cell's
+        with pytest.raises(AssertionError, match="did not return within 0.1 s"):
+            check_function(lambda lg, y: time.sleep(5), REF, _cases(), time_limit=0.1)
+        left, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 0 < left < 0.3                        # the cell's alarm is given back, less the time used
+        shell.events.fire("post_run_cell")
+        assert signal.getitimer(signal.ITIMER_REAL)[0] == 0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+
+
+def test_limit_cells_bad_input_and_no_shell():
+    from layerwise.grading import limit_cells
+    for bad in (0, -1, "5", None, True):
+        with pytest.raises(ValueError, match="seconds"):
+            limit_cells(bad, shell=_Shell())
+    assert limit_cells(5.0) is False                 # no IPython shell here: nothing is installed

@@ -18,7 +18,7 @@ not return within ``time_limit`` seconds is stopped (so an infinite loop costs o
 """
 
 __all__ = ["Case", "CallsReferenceError", "StudentTimeoutError", "TamperingError", "assert_close", "check_function",
-           "describe", "fresh_generator", "run_student"]
+           "describe", "fresh_generator", "limit_cells", "run_student"]
 
 
 def __getattr__(name: str):  # noqa: ANN202

@@ -273,6 +273,44 @@ def _time_limit(seconds: float | None, fn_name: str) -> Iterator[None]:
             signal.setitimer(signal.ITIMER_REAL, max(old_delay - (time.monotonic() - start), 1e-3), old_interval)
 
 
+def limit_cells(seconds: float, shell: Any = None) -> bool:
+    """Stop every notebook cell that runs longer than ``seconds`` with a :class:`StudentTimeoutError`.
+
+    Installed at kernel start by ``nbgrader_config.py``, so that a loop in a *visible* test, or at
+    the top level of an answer cell, costs that cell a few seconds and a clear message instead of
+    nbgrader's whole cell timeout. A graded call's own ``time_limit`` (inside ``check_function``)
+    nests inside it and gives back what is left. Returns False where no limit can be set (no
+    IPython shell, not the main thread, or no ``setitimer``)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise ValueError(f"seconds must be a positive number, got {seconds!r}")
+    if shell is None:
+        try:
+            from IPython import get_ipython
+        except ImportError:
+            return False
+        shell = get_ipython()
+    if (shell is None or not hasattr(signal, "setitimer")
+            or threading.current_thread() is not threading.main_thread()):
+        return False
+
+    def on_alarm(signum, frame):  # noqa: ANN001
+        raise StudentTimeoutError(
+            f"This cell was stopped after {seconds:g} s, the grader's limit for one cell. Is there an "
+            "infinite loop (in your function, or in the cell itself), or a loop over every element "
+            "that should be a tensor operation?")
+
+    def start(*_: Any) -> None:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+
+    def stop(*_: Any) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+    signal.signal(signal.SIGALRM, on_alarm)   # once: the guard holds later cells to the handlers found here
+    shell.events.register("pre_run_cell", start)
+    shell.events.register("post_run_cell", stop)
+    return True
+
+
 def _call_student(fn: Callable[..., Any], inputs: list, time_limit: float | None, name: str,
                   private: bool = True) -> tuple[str, Any, BaseException | None]:
     """Call ``fn(*args, **kwargs)`` (``inputs == [args, kwargs]``, emptied here so that the caller
@@ -443,7 +481,13 @@ def _check_case(student_fn: Callable[..., Any], ref_fn: Callable[..., Any], case
     if kind == "raised":
         if isinstance(exc, AssertionError):
             raise AssertionError(f"{got.split(': ', 1)[-1]}\n  case: {case.name}\n  call: {call}") from None
-        raise AssertionError(f"{name} raised {got}\n  case: {case.name}\n  call: {call}") from exc
+        # the student's call is over: what the reference returns here tells the student what to aim for
+        try:
+            want = f"\n  expected: {describe(ref_fn(*ref_args, **ref_kwargs))}"
+        except Exception:  # noqa: BLE001
+            want = ""
+        _raise_if_tripped(name, mods)
+        raise AssertionError(f"{name} raised {got}\n  case: {case.name}\n  call: {call}{want}") from exc
     if kind == "output":
         raise AssertionError(f"{got}\n  case: {case.name}\n  call: {call}")
     expected = ref_fn(*ref_args, **ref_kwargs)
