@@ -30,6 +30,9 @@ c.CourseDirectory.course_id = "layerwise"
 CELL_LIMIT = float(os.environ.get("LAYERWISE_CELL_LIMIT", "60"))
 c.Execute.timeout = int(2 * CELL_LIMIT)
 c.Execute.interrupt_on_timeout = True
+# A graded kernel is killed once its notebook has run, instead of being asked to shut down and
+# waited for (about a second per submission with torch loaded; nothing of it is kept anyway).
+c.Execute.shutdown_kernel = "immediate"
 
 # The grader's watch (layerwise.grading.guard) starts with each submission's kernel, before any
 # of the student's cells run ("armed"): tampering at the top level of a cell then fails every
