@@ -55,12 +55,13 @@ ROOT = Path(__file__).resolve().parents[1]
 ASSIGNMENTS = assignments(ROOT)
 # Seconds the grader allows one cell in this test (LAYERWISE_CELL_LIMIT; the course's config allows
 # 60, and nbgrader's own timeout is twice that). The kernel imports torch before the first cell
-# (nbgrader_config.py arms the grader then). The slowest cells of the solutions, measured in a
-# fresh-clone CI run on 2 busy cores: ch. 17's test of block_removal_loss 4-7 s (before its cases
-# were made smaller), ch. 00's setup 3.2 s, ch. 10's test of layer_token_mask 2.6 s, every other
-# cell under 0.9 s. Only the deliberate endless loops (``broken``, ``hang``) should reach it;
-# test_wrong_answers_cost_only_their_own_points fails if a good answer's cell does.
-CELL_LIMIT = 8
+# (nbgrader_config.py arms the grader then). The slowest cells of the solutions, measured in
+# fresh-clone CI runs on 2 busy cores: ch. 17's test of block_removal_loss up to 7.3 s with its
+# first cases, 5.8 s with the smaller ones; ch. 10's test of layer_token_mask 3.2 s; ch. 00's
+# setup 3.2 s; every other cell under 0.9 s. Only the deliberate endless loops (``broken``,
+# ``hang``) should reach it; test_wrong_answers_cost_only_their_own_points fails if a good
+# answer's cell does.
+CELL_LIMIT = 10
 
 CHEATS = {
     "cheat_import": "from {mod} import {fn}\n",
