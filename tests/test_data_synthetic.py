@@ -503,3 +503,14 @@ def test_image_grid_draws_rgb_and_rgba():
     with pytest.raises(ValueError, match="images"):
         image_grid(torch.rand(2, 2, 4, 4), ax=axes[1])
     plt.close(fig)
+
+
+def test_shift_moves_without_wraparound_and_checks_its_arguments():
+    x = torch.arange(12.0).view(1, 3, 4)
+    moved = sprite_module.shift(x, 1, -1)             # down one row, left one column
+    assert torch.equal(moved[0, 1:, :3], x[0, :2, 1:]) and moved[0, 0].abs().sum() == 0 and moved[0, :, 3].abs().sum() == 0
+    assert torch.equal(sprite_module.shift(x, 0, 0), x)
+    assert sprite_module.shift(x, 3, 0).abs().sum() == 0   # moved out of the canvas entirely
+    for args, name in (((torch.zeros(3), 0, 0), "x"), (([[1.0]], 0, 0), "x"), ((x, 1.5, 0), "dy"), ((x, 0, True), "dx")):
+        with pytest.raises(ValueError, match=name):
+            sprite_module.shift(*args)

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from layerwise.core.env import progress_bar
+from layerwise.data.shapes import shift as shift_image
 from layerwise.diffusion.schedule import ddim_inversion_step, ddim_step, make_scheduler
 
 __all__ = ["MODES", "SDXL_SCHEDULE", "key_masked_attention", "latent_blend", "dilate_mask", "paste_layer",
@@ -226,17 +227,6 @@ def _mirror_index(mask: Tensor) -> Tensor:
     return torch.where(inside, x0[:, None] + x1[:, None] - x, x)
 
 
-def _shift(x: Tensor, dx: int, dy: int) -> Tensor:
-    """``x: (B, C, H, W)`` moved ``dx`` right and ``dy`` down, zero fill."""
-    h, w = x.shape[-2:]
-    out = torch.zeros_like(x)
-    if abs(dy) >= h or abs(dx) >= w:
-        return out
-    out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-        x[..., max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
-    return out
-
-
 def paste_layer(canvas: Tensor, fg: Tensor, mask: Tensor, dx: int, dy: int, flip: bool = False) -> tuple[Tensor, Tensor]:
     """Fuse a layer into a canvas at a new place: the official ``LayerFusion.mv_layer``.
 
@@ -266,7 +256,7 @@ def paste_layer(canvas: Tensor, fg: Tensor, mask: Tensor, dx: int, dy: int, flip
         idx = _mirror_index(mask)
         fg = fg.gather(3, idx[:, None, None, :].expand_as(fg))
         mask = mask.gather(3, idx[:, None, None, :].expand_as(mask))
-    fg, mask = _shift(fg, dx, dy), _shift(mask, dx, dy)
+    fg, mask = shift_image(fg, dy, dx), shift_image(mask, dy, dx)
     return canvas * (1 - mask) + fg * mask, mask
 
 
@@ -918,7 +908,7 @@ def edit_layer(model, image: Tensor, mask: Tensor, *, shift=(0, 0), scale: float
                        [(round(dy / f_y), round(dx / f_x)) for dy, dx in shifts])
     for i in range(fuse_at + 1, steps):
         x = ddim_step(x, _eps(model, x, plan.timesteps[i]), plan.abar[i], plan.abar_prev[i])
-    placed = torch.cat([_shift(layer_mask[i:i + 1], dx, dy) for i, (dy, dx) in enumerate(shifts)])
+    placed = torch.cat([shift_image(layer_mask[i:i + 1], dy, dx) for i, (dy, dx) in enumerate(shifts)])
     return Edit(image=_from_space(x, ae), removal=removal, placed=placed, layer=layer_image,
                 settings=dict(shift=shifts, scale=scale, flip=flip, fuse_at=fuse_at, steps=steps))
 

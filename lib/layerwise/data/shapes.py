@@ -19,7 +19,7 @@ from layerwise.data._checks import (check_layer, check_name, check_names, check_
                                      check_count, as_generator, canvas_size, value_range)
 
 __all__ = ["SHAPES", "BACKGROUNDS", "shape_alpha", "sprite", "glass", "sprites", "background", "drop_shadow",
-           "reflection"]
+           "reflection", "shift"]
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "ring", "star")
 BACKGROUNDS: tuple[str, ...] = ("flat", "gradient", "stripes", "checker", "noise")
@@ -391,8 +391,14 @@ def _offset(offset: Sequence[int]) -> tuple[int, int]:
         raise ValueError(f"offset must be a pair of integers (dy, dx), got {offset!r}") from None
 
 
-def _shift(x: Tensor, dy: int, dx: int) -> Tensor:
-    """``x: (..., H, W)`` moved down by ``dy`` and right by ``dx`` pixels, zero fill."""
+def shift(x: Tensor, dy: int, dx: int) -> Tensor:
+    """``x: (..., H, W)`` moved down by ``dy`` and right by ``dx`` pixels (negative: up, left), zero fill."""
+    if not isinstance(x, Tensor) or x.dim() < 2:
+        raise ValueError(f"x must be a tensor (..., H, W), got {type(x).__name__}"
+                         f"{' of shape ' + str(tuple(x.shape)) if isinstance(x, Tensor) else ''}")
+    for name, v in (("dy", dy), ("dx", dx)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"{name} must be an int number of pixels, got {v!r}")
     h, w = x.shape[-2:]
     out = torch.zeros_like(x)
     if abs(dy) >= h or abs(dx) >= w:
@@ -446,7 +452,7 @@ def drop_shadow(alpha: Tensor, offset: Sequence[int] = (2, 2), blur: float = 1.0
     dy, dx = _offset(offset)
     blur = check_unit(blur, "blur", high=math.inf)
     strength = check_unit(strength, "strength")
-    out = _shift(alpha, dy, dx)
+    out = shift(alpha, dy, dx)
     if blur > 0:
         out = _gaussian_blur(out, blur)
     return (out * strength).clamp_(0.0, 1.0)

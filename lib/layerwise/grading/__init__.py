@@ -7,22 +7,24 @@ inputs and edge cases::
     grading.check_function(msd_loss, "layerwise.msd.msd_loss", [
         grading.Case("random batch", logits, y), ...], hint="...")
 
-While the student's function runs, any call into the reference module fails the item (so a
-submission that only wraps, aliases or imports the reference scores 0), and a call that does not
-return within ``time_limit`` seconds is stopped (so an infinite loop costs only its own item).
-Reference outputs are computed outside that window.
+For each case the student's function runs first, on its own copy of the inputs; a private copy
+of its output is taken; only then is the reference's output computed and compared, so no
+expected value exists while the student's code runs. During the call the guard
+(:mod:`layerwise.grading.guard`, an audit hook installed once per process) records calls into the
+reference module in every thread, and the introspection and tampering a determined student might
+try (reading the grader's frames, pausing its watch, threads, ``gc``, ``ctypes``, patched library
+functions ...). Such an item scores 0 with a message that says what was seen. A call that does
+not return within ``time_limit`` seconds is stopped (so an infinite loop costs only its own item).
 """
 
-from layerwise.grading.check import (
-    Case,
-    CallsReferenceError,
-    StudentTimeoutError,
-    assert_close,
-    check_function,
-    describe,
-    fresh_generator,
-    run_student,
-)
+__all__ = ["Case", "CallsReferenceError", "StudentTimeoutError", "TamperingError", "assert_close", "check_function",
+           "describe", "fresh_generator", "limit_cells", "run_student"]
 
-__all__ = ["Case", "CallsReferenceError", "StudentTimeoutError", "assert_close", "check_function",
-           "describe", "fresh_generator", "run_student"]
+
+def __getattr__(name: str):  # noqa: ANN202
+    """The names above come from :mod:`layerwise.grading.check`, imported on first use, so that
+    nbgrader can load :mod:`layerwise.grading.preprocessors` without torch or the grader's hook."""
+    if name in __all__:
+        from layerwise.grading import check
+        return getattr(check, name)
+    raise AttributeError(f"module 'layerwise.grading' has no attribute {name!r}")

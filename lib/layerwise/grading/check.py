@@ -1,9 +1,13 @@
-"""Compare a student's function with the reference, with teaching failure messages."""
+"""Compare a student's function with the reference, with teaching failure messages.
+
+The watch over the student's call lives in :mod:`layerwise.grading.guard`."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import gc
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -19,9 +23,16 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from layerwise.grading import guard as _guard
+
 
 class CallsReferenceError(AssertionError):
     """The submission called into the reference implementation it is meant to reimplement."""
+
+
+class TamperingError(CallsReferenceError):
+    """The submission inspected, paused or changed the grader while it was graded (scores 0, like
+    calling the reference)."""
 
 
 class StudentTimeoutError(AssertionError):
@@ -138,43 +149,102 @@ def assert_close(got: Any, expected: Any, *, atol: float = 1e-5, rtol: float = 1
         raise AssertionError(msg)
 
 
-# --------------------------------------------------------------------------- running the student
+# --------------------------------------------------------------------------- the watch
 
-def _module_files(modules: Sequence[ModuleType]) -> set[str]:
-    files = set()
-    for m in modules:
-        f = getattr(m, "__file__", None)
-        if f:
-            files.add(os.path.realpath(f))
-    return files
+_G = _guard.api()   # the guard's control functions, as its audit hook installed them
 
 
-@contextlib.contextmanager
-def _forbid_calls_into(files: set[str]) -> Iterator[list[str]]:
-    """Record every Python call whose code lives in one of ``files`` (via ``sys.setprofile``)."""
-    hits: list[str] = []
-    seen: dict[str, bool] = {}
+def _tripped(name: str, hits: Sequence[str], findings: Sequence[str], mods: str) -> CallsReferenceError:
+    """The error for an item the guard tripped: what was seen, politely, and what the exercise wants."""
+    seen = "; ".join(findings[:30]) + ("; ..." if len(findings) > 30 else "")
+    if hits:
+        msg = (f"{name} calls the reference implementation ({mods}: {'; '.join(sorted(set(hits))[:30])}). "
+               "This exercise asks you to write it yourself with torch operations; "
+               "a submission that only calls the library scores 0 for this item.")
+        if findings:
+            msg += f"\n  The grader also saw that the code {seen}."
+        return CallsReferenceError(msg)
+    return TamperingError(
+        f"{name} scores 0 for this item: while it was graded, the grader saw that the code {seen}. "
+        f"This exercise asks for your own torch code; an answer that inspects, pauses or changes the grader "
+        f"(or calls {mods}) scores 0 for the item. If this came from leftover debugging code, remove it and ask "
+        "your instructor to re-grade.")
 
-    def profiler(frame, event, arg):  # noqa: ANN001
-        if event == "call":
-            fname = frame.f_code.co_filename
-            bad = seen.get(fname)
-            if bad is None:
-                bad = seen[fname] = os.path.realpath(fname) in files
-            if bad and len(hits) < 5:
-                hits.append(frame.f_code.co_name)
 
-    previous = sys.getprofile()
-    previous_threads = threading.getprofile()
-    sys.setprofile(profiler)
-    threading.setprofile(profiler)          # threads started by the submission are watched too
-    try:
-        yield hits
-    finally:
-        if sys.getprofile() is not profiler:  # the submission removed or replaced the watch
-            hits.append("<sys.setprofile was changed>")
-        sys.setprofile(previous)
-        threading.setprofile(previous_threads)
+def _raise_if_tripped(name: str, mods: str) -> None:
+    hits, findings = _G["status"]()
+    if hits or findings:
+        raise _tripped(name, hits, findings, mods)
+
+
+def _plain(x: Any, depth: int = 0) -> Any:
+    """A private copy of what the student's function returned, made of plain types only (exact
+    ``torch.Tensor``, tuple, list, dict, numbers ...), so that comparing it runs none of the
+    submission's code and nothing the submission kept can change it afterwards."""
+    if depth > 20:
+        raise TypeError("the output is nested more than 20 levels deep")
+    t = type(x)
+    if x is None or t in (bool, int, float, complex, str, bytes, torch.dtype, torch.device):
+        return x
+    if t is torch.Tensor:
+        return x.detach().clone()
+    if isinstance(x, torch.Tensor):          # a subclass (nn.Parameter, or one from the notebook)
+        with torch._C.DisableTorchFunctionSubclass():
+            y = torch.Tensor.detach(x).clone()
+        return y if type(y) is torch.Tensor else torch.Tensor.as_subclass(y, torch.Tensor)
+    if isinstance(x, (bool, int, float, complex, str)):   # a subclass of a number or a string
+        return {bool: bool, int: int, float: float, complex: complex, str: str}[next(
+            b for b in (bool, int, float, complex, str) if isinstance(x, b))](x)
+    if isinstance(x, np.ndarray):
+        return np.array(x, copy=True, subok=False)
+    if isinstance(x, np.generic):
+        return np.asarray(x).copy()[()]
+    if isinstance(x, tuple):
+        return tuple(_plain(v, depth + 1) for v in list(x))
+    if isinstance(x, list):
+        return [_plain(v, depth + 1) for v in list(x)]
+    if isinstance(x, dict):
+        return {_plain(k, depth + 1): _plain(v, depth + 1) for k, v in list(x.items())}
+    return copy.deepcopy(x)
+
+
+def _digest(obj: Any) -> bytes:
+    """A fingerprint of the reference's inputs: the grader checks they are unchanged after the call."""
+    h = hashlib.blake2b(digest_size=20)
+
+    def walk(x: Any, depth: int) -> None:
+        if depth > 20:
+            return
+        if isinstance(x, torch.Tensor):
+            y = x.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T{y.dtype}{tuple(x.shape)}".encode())
+            if y.numel():
+                h.update(y.view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, (tuple, list)):
+            h.update(f"L{len(x)}".encode())
+            for v in x:
+                walk(v, depth + 1)
+        elif isinstance(x, dict):
+            h.update(f"D{len(x)}".encode())
+            for k, v in x.items():
+                walk(k, depth + 1)
+                walk(v, depth + 1)
+        elif isinstance(x, torch.Generator):
+            h.update(x.get_state().numpy().tobytes())
+        elif isinstance(x, torch.nn.Module):
+            h.update(type(x).__qualname__.encode())
+            for k, v in x.state_dict().items():
+                h.update(k.encode())
+                walk(v, depth + 1)
+        elif isinstance(x, np.ndarray):
+            h.update(np.ascontiguousarray(x).tobytes())
+        elif x is None or type(x) in (bool, int, float, complex, str, bytes, torch.dtype, torch.device):
+            h.update(repr(x).encode())
+        else:
+            h.update(f"?{type(x).__qualname__}{id(x)}".encode())
+
+    walk(obj, 0)
+    return h.digest()
 
 
 @contextlib.contextmanager
@@ -203,52 +273,234 @@ def _time_limit(seconds: float | None, fn_name: str) -> Iterator[None]:
             signal.setitimer(signal.ITIMER_REAL, max(old_delay - (time.monotonic() - start), 1e-3), old_interval)
 
 
+def limit_cells(seconds: float, shell: Any = None) -> bool:
+    """Stop every notebook cell that runs longer than ``seconds`` with a :class:`StudentTimeoutError`.
+
+    Installed at kernel start by ``nbgrader_config.py``, so that a loop in a *visible* test, or at
+    the top level of an answer cell, costs that cell a few seconds and a clear message instead of
+    nbgrader's whole cell timeout. A graded call's own ``time_limit`` (inside ``check_function``)
+    nests inside it and gives back what is left. Returns False where no limit can be set (no
+    IPython shell, not the main thread, or no ``setitimer``)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise ValueError(f"seconds must be a positive number, got {seconds!r}")
+    if shell is None:
+        try:
+            from IPython import get_ipython
+        except ImportError:
+            return False
+        shell = get_ipython()
+    if (shell is None or not hasattr(signal, "setitimer")
+            or threading.current_thread() is not threading.main_thread()):
+        return False
+
+    def on_alarm(signum, frame):  # noqa: ANN001
+        raise StudentTimeoutError(
+            f"This cell was stopped after {seconds:g} s, the grader's limit for one cell. Is there an "
+            "infinite loop (in your function, or in the cell itself), or a loop over every element "
+            "that should be a tensor operation?")
+
+    def start(*_: Any) -> None:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+
+    def stop(*_: Any) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+    signal.signal(signal.SIGALRM, on_alarm)   # once: the guard holds later cells to the handlers found here
+    shell.events.register("pre_run_cell", start)
+    shell.events.register("post_run_cell", stop)
+    return True
+
+
+def _call_student(fn: Callable[..., Any], inputs: list, time_limit: float | None, name: str,
+                  private: bool = True) -> tuple[str, Any, BaseException | None]:
+    """Call ``fn(*args, **kwargs)`` (``inputs == [args, kwargs]``, emptied here so that the caller
+    keeps no reference) inside the guard's window. Returns ``(kind, value, exception)``: kind
+    ``"ok"`` with the private copy of the output, ``"stub"``, ``"timeout"``, ``"raised"`` with a
+    message, or ``"output"`` when the output cannot be copied."""
+    if _G["begin_call"]() != ["ok"]:
+        raise TamperingError(f"{name}: the course's grader could not watch this call, so the item scores 0 "
+                             "(was the grader replaced or changed by the notebook?)")
+    result: tuple[str, Any, BaseException | None]
+    try:
+        args, kwargs = inputs
+        inputs.clear()
+        with _time_limit(time_limit, name):
+            try:
+                out = fn(*args, **kwargs)
+                del args, kwargs
+                try:
+                    result = ("ok", _plain(out) if private else out, None)
+                except Exception as e:  # noqa: BLE001
+                    result = ("output", f"{name} returned {describe(out)}, which the grader cannot compare "
+                                        f"({type(e).__name__}: {e}); return tensors, numbers or tuples of them, "
+                                        "as the reference does", e)
+                del out
+            except NotImplementedError as e:
+                result = ("stub", None, e)
+            except StudentTimeoutError as e:
+                result = ("timeout", str(e), e)
+            except Exception as e:  # the student's code raised: report it as a failed check, with context
+                try:
+                    text = f"{type(e).__name__}: {e}"
+                except Exception:  # noqa: BLE001
+                    text = type(e).__name__
+                result = ("raised", text, e)
+        gc.collect(0)    # finalise what the call left behind while it is still the student's time
+    finally:
+        _G["end_call"]()
+    return result
+
+
 def run_student(fn: Callable[..., Any], args: tuple = (), kwargs: dict | None = None, *,
                 forbidden: Sequence[ModuleType] = (), time_limit: float | None = 10.0,
                 name: str | None = None) -> Any:
     """Call the student's ``fn(*args, **kwargs)`` with the reference modules forbidden and a
-    time limit. Raises :class:`CallsReferenceError` or :class:`StudentTimeoutError`."""
+    time limit. Raises :class:`CallsReferenceError` (or its subclass :class:`TamperingError`) or
+    :class:`StudentTimeoutError`."""
     name = name or getattr(fn, "__name__", "your function")
-    files = _module_files(forbidden)
-    with _forbid_calls_into(files) as hits, _time_limit(time_limit, name):
-        try:
-            out = fn(*args, **(kwargs or {}))
-        except NotImplementedError:
-            raise AssertionError(f"{name} is not implemented yet: replace `raise NotImplementedError()` "
-                                 "with your code") from None
-    if hits:
-        mods = ", ".join(m.__name__ for m in forbidden)
-        raise CallsReferenceError(
-            f"{name} calls the reference implementation ({mods}: {', '.join(sorted(set(hits)))}). "
-            "This exercise asks you to write it yourself with torch operations; "
-            "a submission that only calls the library scores 0 for this item.")
-    return out
+    mods = ", ".join(m.__name__ for m in forbidden)
+    files = frozenset(_module_files(forbidden))
+    if _G["begin_check"](files, frozenset(), frozenset(), tuple(forbidden)) != ["ok"]:
+        raise TamperingError(f"{name}: the course's grader could not start its watch, so the item scores 0")
+    try:
+        kind, value, exc = _call_student(fn, [tuple(args), dict(kwargs or {})], time_limit, name, private=False)
+        _raise_if_tripped(name, mods)
+    finally:
+        hits, findings = _G["end_check"]()
+    if hits or findings:
+        raise _tripped(name, hits, findings, mods)
+    if kind == "stub":
+        raise AssertionError(f"{name} is not implemented yet: replace `raise NotImplementedError()` with your code")
+    if kind == "timeout":
+        raise exc  # type: ignore[misc]
+    if kind in ("raised", "output"):
+        raise exc  # type: ignore[misc]
+    return value
 
 
-def _fresh_copy(module: ModuleType) -> ModuleType:
+def _module_files(modules: Sequence[ModuleType]) -> set[str]:
+    """The paths under which the modules' code may appear (as loaded, and resolved), as plain str."""
+    files = set()
+    for m in modules:
+        f = getattr(m, "__file__", None)
+        if isinstance(f, str) and f:
+            f = str.__str__(f)
+            files.add(f)
+            files.add(str.__str__(os.path.realpath(f)))
+            files.add(str.__str__(os.path.abspath(f)))
+    return files
+
+
+def _fresh_copy(module: ModuleType) -> tuple[ModuleType, Any]:
     """A private copy of ``module`` executed from its source file, so that an answer cell that
     reassigned the reference's functions (``layerwise.msd.msd_loss = my_msd_loss``) cannot make
-    the check compare the submission with itself. ``sys.modules`` is left untouched."""
+    the check compare the submission with itself; and the module's code object (for the
+    fingerprints of its functions). ``sys.modules`` is left untouched."""
     path = getattr(module, "__file__", None)
-    if not path or not path.endswith(".py"):
-        return module
+    if not isinstance(path, str) or not path.endswith((".py", ".pyc")):   # .pyc: installed without sources
+        return module, None
     spec = importlib.util.spec_from_file_location(module.__name__, path)
     copy_ = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(copy_)
-    return copy_
+    code = spec.loader.get_code(module.__name__)
+    exec(code, copy_.__dict__)  # noqa: S102  (the library's own code, from its file)
+    return copy_, code
 
 
-def _resolve(reference: str | Callable[..., Any]) -> tuple[Callable[..., Any], ModuleType]:
+_LIBRARY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # .../layerwise
+
+
+def _library_file(mod_name: str) -> str | None:
+    """The file of ``layerwise.<...>`` in this library (a module or a package), found on disk."""
+    parts = mod_name.split(".")
+    if parts[0] != "layerwise":
+        return None
+    base = os.path.join(_LIBRARY, *parts[1:])
+    for candidate in (base + ".py", base + ".pyc", os.path.join(base, "__init__.py"), os.path.join(base, "__init__.pyc")):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _fingerprints(code: Any) -> frozenset[bytes]:
+    """The bytecode of every function in the reference module: a copy of it compiled under another
+    name (exec of the copied source, a module written to /tmp ...) still has the same bytecode."""
+    out: set[bytes] = set()
+    stack = [code] if code is not None else []
+    while stack:
+        c = stack.pop()
+        for k in c.co_consts:
+            if isinstance(k, type(c)):
+                stack.append(k)
+        if c is not code and len(c.co_code) >= 24:
+            out.add(bytes(c.co_code))
+    return frozenset(out)
+
+
+def _resolve(reference: str | Callable[..., Any]) -> tuple[Callable[..., Any], ModuleType, ModuleType, Any]:
     if callable(reference) and not isinstance(reference, str):
-        return reference, sys.modules[reference.__module__]
+        module = sys.modules.get(getattr(reference, "__module__", None) or "", None) or ModuleType("reference")
+        return reference, module, module, None
     if not isinstance(reference, str) or "." not in reference:
         raise ValueError(f"reference must be 'package.module.function' or a function, got {reference!r}")
     mod_name, fn_name = reference.rsplit(".", 1)
-    module = _fresh_copy(importlib.import_module(mod_name))
+    path = _library_file(mod_name)
+    if path is None:                     # a reference outside the course library
+        original = importlib.import_module(mod_name)
+    else:                                # the library's own file, whatever sys.modules holds
+        original = sys.modules.get(mod_name)
+        if original is None:
+            original = importlib.import_module(mod_name)
+        if getattr(original, "__file__", None) not in (path, os.path.realpath(path)):
+            original = ModuleType(mod_name)
+            original.__file__ = path
+    module, code = _fresh_copy(original)
     fn = getattr(module, fn_name, None)
     if fn is None:
         raise ValueError(f"reference module {mod_name} has no function {fn_name!r}")
-    return fn, module
+    return fn, module, original, code
+
+
+def _check_case(student_fn: Callable[..., Any], ref_fn: Callable[..., Any], case: Case, name: str,
+                params: list[str], mods: str, atol: float, rtol: float, time_limit: float | None, hint: str,
+                seed: int | None) -> None:
+    """One case, in its own frame, so that nothing of it (the expected value above all) is left
+    for the next case's call to find."""
+    call = _describe_call(name, params, case)
+    inputs = [copy.deepcopy(case.args), copy.deepcopy(case.kwargs)]
+    ref_args, ref_kwargs = copy.deepcopy(case.args), copy.deepcopy(case.kwargs)
+    before = _digest((ref_args, ref_kwargs))
+    kind, got, exc = _call_student(student_fn, inputs, time_limit, name)
+    _raise_if_tripped(name, mods)
+    if _digest((ref_args, ref_kwargs)) != before:
+        raise TamperingError(f"{name} scores 0 for this item: the inputs the grader keeps for the reference "
+                             "were changed while it ran. This exercise asks for your own torch code.")
+    if kind == "stub":
+        raise AssertionError(f"{name} is not implemented yet: replace `raise NotImplementedError()` with your code")
+    if kind == "timeout":
+        raise StudentTimeoutError(got)
+    if kind == "raised":
+        if isinstance(exc, AssertionError):
+            raise AssertionError(f"{got.split(': ', 1)[-1]}\n  case: {case.name}\n  call: {call}") from None
+        # the student's call is over: what the reference returns here tells the student what to aim for
+        try:
+            want = f"\n  expected: {describe(ref_fn(*ref_args, **ref_kwargs))}"
+        except Exception:  # noqa: BLE001
+            want = ""
+        _raise_if_tripped(name, mods)
+        raise AssertionError(f"{name} raised {got}\n  case: {case.name}\n  call: {call}{want}") from exc
+    if kind == "output":
+        raise AssertionError(f"{got}\n  case: {case.name}\n  call: {call}")
+    expected = ref_fn(*ref_args, **ref_kwargs)
+    _raise_if_tripped(name, mods)
+    msg = _compare(got, expected, atol, rtol)
+    if msg:
+        lines = [f"{name} is not right yet on the case '{case.name}'.", f"  call: {call}", f"  {msg}",
+                 f"  expected: {describe(expected)}", f"  got:      {describe(got)}"]
+        if seed is not None:
+            lines.append(f"  (random inputs drawn with seed {seed})")
+        if hint:
+            lines.append(f"  hint: {hint}")
+        raise AssertionError("\n".join(lines))
 
 
 def check_function(student_fn: Callable[..., Any], reference: str | Callable[..., Any], cases: Sequence[Case], *,
@@ -257,15 +509,19 @@ def check_function(student_fn: Callable[..., Any], reference: str | Callable[...
     """Check ``student_fn`` against ``reference`` on every case; raise a teaching ``AssertionError``
     at the first case where they differ.
 
-    ``reference`` is a dotted name (``"layerwise.msd.msd_loss"``) or the function itself. Each
-    case's arguments are deep-copied for each call, so in-place changes by one side cannot
-    affect the other.
+    ``reference`` is a dotted name (``"layerwise.msd.msd_loss"``) or the function itself. For each
+    case the student's function runs first, on its own deep copy of the arguments, inside the
+    guard's window; a private copy of its output is taken; only then is the reference's output
+    computed (on another copy, checked to be unchanged) and compared. While the student's function
+    runs, no expected value exists anywhere. An answer that calls the reference, or that inspects,
+    pauses or changes the grader (see :mod:`layerwise.grading.guard`), scores 0 with a message
+    that says what was seen.
     """
     if not callable(student_fn):
         raise AssertionError(f"expected a function, got {describe(student_fn)}: did you run the cell that defines it?")
     if not cases:
         raise ValueError("cases is empty")
-    ref_fn, ref_module = _resolve(reference)
+    ref_fn, ref_module, original, code = _resolve(reference)
     name = ref_fn.__name__
     try:
         params = list(inspect.signature(ref_fn).parameters)
@@ -274,23 +530,30 @@ def check_function(student_fn: Callable[..., Any], reference: str | Callable[...
     for case in cases:
         if not isinstance(case, Case):
             raise TypeError(f"cases must hold grading.Case objects, got {type(case).__name__}")
-        expected = ref_fn(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
-        call = _describe_call(name, params, case)
-        try:
-            got = run_student(student_fn, copy.deepcopy(case.args), copy.deepcopy(case.kwargs),
-                              forbidden=[ref_module], time_limit=time_limit, name=name)
-        except (CallsReferenceError, StudentTimeoutError):
-            raise
-        except AssertionError as e:
-            raise AssertionError(f"{e}\n  case: {case.name}\n  call: {call}") from None
-        except Exception as e:  # the student's code raised: report it as a failed check, with context
-            raise AssertionError(f"{name} raised {type(e).__name__}: {e}\n  case: {case.name}\n  call: {call}") from e
-        msg = _compare(got, expected, atol, rtol)
-        if msg:
-            lines = [f"{name} is not right yet on the case '{case.name}'.", f"  call: {call}", f"  {msg}",
-                     f"  expected: {describe(expected)}", f"  got:      {describe(got)}"]
-            if seed is not None:
-                lines.append(f"  (random inputs drawn with seed {seed})")
-            if hint:
-                lines.append(f"  hint: {hint}")
-            raise AssertionError("\n".join(lines))
+    mods = original.__name__
+    files = frozenset(_module_files([original, ref_module]) | (   # and the name its code was compiled under
+        {str.__str__(code.co_filename)} if code is not None and isinstance(code.co_filename, str) else set()))
+    allowed = frozenset()
+    if not isinstance(reference, str):   # a reference function, maybe defined in a notebook or a test file
+        mods = f"{original.__name__}.{name}"
+        ref_file = getattr(getattr(reference, "__code__", None), "co_filename", None)
+        student_file = getattr(getattr(student_fn, "__code__", None), "co_filename", None)
+        files = frozenset({str.__str__(ref_file)} if isinstance(ref_file, str) and ref_file != student_file else ())
+        if isinstance(ref_file, str):
+            allowed = frozenset({str.__str__(ref_file)})
+    status = _G["begin_check"](files, _fingerprints(code), allowed, (original, ref_module))
+    if status != ["ok"]:
+        raise TamperingError(f"{name}: the course's grader could not start its watch, so the item scores 0 "
+                             "(was the grader replaced or changed by the notebook?)")
+    failure: BaseException | None = None
+    try:
+        for case in cases:
+            _check_case(student_fn, ref_fn, case, name, params, mods, atol, rtol, time_limit, hint, seed)
+    except BaseException as e:  # noqa: BLE001  (decided below, after the watch has ended)
+        failure = e
+    finally:
+        hits, findings = _G["end_check"]()
+    if hits or findings:            # what the guard saw wins over any other outcome
+        raise _tripped(name, hits, findings, mods) from None
+    if failure is not None:
+        raise failure
