@@ -44,6 +44,7 @@ import os
 import re
 import shutil
 import time
+from unittest import mock
 from pathlib import Path
 
 import nbformat
@@ -353,6 +354,7 @@ class Round:
         self.outputs: dict[str, dict[str, str]] = {}
         self.printed: dict[str, dict[str, str]] = {}    # what each cell printed, by cell
         self.messages: dict[str, dict[str, list[str]]] = {}   # each error's message (evalue) by cell
+        self.wrong: dict[str, list[str]] = {}   # WRONG_ANSWERS, a list per function: variant i is in wrong_<i>
 
 
 def _build_submission(release, answers: dict[str, str]):
@@ -424,15 +426,8 @@ def graded(request, tmp_path_factory) -> Round:
         nbformat.write(_build_submission(release, ans), d / f"{name}.ipynb")
 
     t0 = time.perf_counter()
-    limit_before = os.environ.get("LAYERWISE_CELL_LIMIT")
-    os.environ["LAYERWISE_CELL_LIMIT"] = str(CELL_LIMIT)
-    try:
+    with mock.patch.dict(os.environ, {"LAYERWISE_CELL_LIMIT": str(CELL_LIMIT)}):
         nbgrader(["autograde", name, "--force"], cwd=tmp)
-    finally:
-        if limit_before is None:
-            os.environ.pop("LAYERWISE_CELL_LIMIT", None)
-        else:
-            os.environ["LAYERWISE_CELL_LIMIT"] = limit_before
     r.seconds = time.perf_counter() - t0
 
     from nbgrader.api import Gradebook
@@ -450,7 +445,7 @@ def graded(request, tmp_path_factory) -> Round:
                                                     if o.get("output_type") == "stream") for c in nb.cells if _grade_id(c)}
         r.messages[student] = {_grade_id(c): [o.get("evalue", "") for o in c.get("outputs", [])
                                               if o.get("output_type") == "error"] for c in nb.cells if _grade_id(c)}
-    r.release, r.students = release, students
+    r.release, r.students, r.wrong = release, students, wrong
     return r
 
 
@@ -559,10 +554,8 @@ def test_faithful_alternative_reached_in_unusual_ways_and_printing_junk_scores_f
 
 
 def test_wrong_answers_lose_their_points_with_a_teaching_message(graded: Round):
-    wrong = _answers_module(graded.reference).WRONG_ANSWERS
     for fn in graded.graded:
-        variants = [wrong[fn]] if isinstance(wrong[fn], str) else wrong[fn]
-        for i in range(len(variants)):
+        for i in range(len(graded.wrong[fn])):
             student = f"wrong_{i}"
             assert _item(graded, student, fn) < graded.points[fn], f"wrong answer #{i} for {fn} scored full"
             msg = graded.outputs[student][f"test_{fn}"]
@@ -572,10 +565,9 @@ def test_wrong_answers_lose_their_points_with_a_teaching_message(graded: Round):
 def test_wrong_answers_cost_only_their_own_points(graded: Round):
     """In a wrong_<i> submission the items without an i-th wrong answer hold the solution: full points
     (this also catches a good answer's cell stopped by the cell limit on a busy machine)."""
-    wrong = _answers_module(graded.reference).WRONG_ANSWERS
-    for i in range(max(1 if isinstance(w, str) else len(w) for w in wrong.values())):
+    for i in range(max(len(ws) for ws in graded.wrong.values())):
         for fn in graded.graded:
-            if i >= (1 if isinstance(wrong[fn], str) else len(wrong[fn])):
+            if i >= len(graded.wrong[fn]):
                 assert _item(graded, f"wrong_{i}", fn) == graded.points[fn], (
                     f"wrong_{i}: the solution of {fn} lost points:\n{graded.outputs[f'wrong_{i}'][f'test_{fn}'][:2000]}")
 
@@ -590,9 +582,7 @@ def test_visible_tests_catch_every_listed_pitfall(graded: Round):
         for fn in graded.graded:
             assert VISIBLE_PASSED in graded.printed[student][f"test_{fn}"], (
                 f"{student}: the visible tests of {fn} did not pass:\n{graded.outputs[student][f'test_{fn}'][:2000]}")
-    wrong = _answers_module(graded.reference).WRONG_ANSWERS
-    missed = [f"{fn} wrong answer #{i}" for fn in graded.graded
-              for i in range(1 if isinstance(wrong[fn], str) else len(wrong[fn]))
+    missed = [f"{fn} wrong answer #{i}" for fn in graded.graded for i in range(len(graded.wrong[fn]))
               if VISIBLE_PASSED in graded.printed[f"wrong_{i}"][f"test_{fn}"]]
     assert not missed, f"these pitfalls pass every visible test (add the case they fail): {missed}"
 
@@ -622,17 +612,10 @@ def test_broken_answers_cost_only_their_own_points(graded: Round):
 def test_instructor_feedback_and_export(graded: Round):
     # generate_feedback for the students read here only, with the course's switch for courses that
     # allow resubmission on: nbgrader's ClearHiddenTests, and tracebacks cut to their message
-    env_before = os.environ.get("LAYERWISE_HIDE_HIDDEN_TESTS")
-    os.environ["LAYERWISE_HIDE_HIDDEN_TESTS"] = "1"
-    try:
+    with mock.patch.dict(os.environ, {"LAYERWISE_HIDE_HIDDEN_TESTS": "1"}):
         others = ",".join(s for s in graded.students if s not in FEEDBACK_STUDENTS)
         nbgrader(["generate_feedback", graded.name, "--force", f"--CourseDirectory.student_id_exclude={others}"],
                  cwd=graded.tmp)
-    finally:
-        if env_before is None:
-            os.environ.pop("LAYERWISE_HIDE_HIDDEN_TESTS", None)
-        else:
-            os.environ["LAYERWISE_HIDE_HIDDEN_TESTS"] = env_before
     fb = graded.tmp / "feedback" / "solution" / graded.name / f"{graded.name}.html"
     assert fb.exists() and "Score" in fb.read_text()
     for student in FEEDBACK_STUDENTS:
