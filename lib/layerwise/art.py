@@ -548,9 +548,8 @@ def pack_regions(canvases: Tensor, boxes: Tensor, patch: int) -> RegionBatch:
     return RegionBatch(tokens, pos, valid, tboxes, valid.clone())
 
 
-def unpack_regions(seq: Tensor, batch: RegionBatch, patch: int, size) -> Tensor:
-    """The inverse of :func:`pack_regions`: ``seq (B, N, D)`` → canvases ``(B, L, C, H, W)`` in [0, 1],
-    each layer's outside set to the empty value (grey, alpha 0)."""
+def _unpack_sizes(seq: Tensor, batch: "RegionBatch", patch: int, size) -> tuple[int, int, int, int, int, int]:
+    """Checks ``seq`` against ``batch`` for the two unpackers; returns ``(H, W, B, L, D, C)``."""
     _float_tensor(seq, "seq", 3)
     _check_batch(batch)
     if seq.shape[:2] != batch.tokens.shape[:2]:
@@ -558,7 +557,13 @@ def unpack_regions(seq: Tensor, batch: RegionBatch, patch: int, size) -> Tensor:
     h, w = _size(size)
     b, n_layers = batch.boxes.shape[:2]
     d = seq.shape[-1]
-    c = d // (patch * patch)
+    return h, w, b, n_layers, d, d // (patch * patch)
+
+
+def unpack_regions(seq: Tensor, batch: RegionBatch, patch: int, size) -> Tensor:
+    """The inverse of :func:`pack_regions`: ``seq (B, N, D)`` → canvases ``(B, L, C, H, W)`` in [0, 1],
+    each layer's outside set to the empty value (grey, alpha 0)."""
+    h, w, b, n_layers, d, c = _unpack_sizes(seq, batch, patch, size)
     like = _empty_value(c, seq.dtype).repeat_interleave(patch * patch)       # patchify's (C, p, p) order
     like = like.to(seq.device).expand(1, n_layers, h // patch, w // patch, d)
     out = []
@@ -595,14 +600,7 @@ def pack_full(canvases: Tensor, boxes: Tensor, valid_layers: Tensor, patch: int)
 def unpack_full(seq: Tensor, batch: RegionBatch, patch: int, size) -> Tensor:
     """``seq (B, L·h·w, D)`` of :func:`pack_full` → canvases ``(B, L, C, H, W)`` in [0, 1], as generated
     (nothing is overwritten: what the model puts outside a box stays there)."""
-    _float_tensor(seq, "seq", 3)
-    _check_batch(batch)
-    if seq.shape[:2] != batch.tokens.shape[:2]:
-        raise ValueError(f"seq must have shape (B, N) = {tuple(batch.tokens.shape[:2])} in front, got {tuple(seq.shape)}")
-    h, w = _size(size)
-    b, n_layers = batch.boxes.shape[:2]
-    d = seq.shape[-1]
-    c = d // (patch * patch)
+    h, w, b, n_layers, d, c = _unpack_sizes(seq, batch, patch, size)
     canv = unpatchify(seq.reshape(b * n_layers, -1, d), patch, c, h, w).reshape(b, n_layers, c, h, w)
     return ((canv + 1) / 2).clamp(0.0, 1.0)
 
@@ -1132,8 +1130,8 @@ POSITION_VARIANTS = {"3d": (3, True), "2d": (2, False), "2d_pe": (2, True)}
 
 def art_zoo_name(variant: str) -> str:
     """The zoo name of a :data:`POSITION_VARIANTS` model: ``art_sprites`` for ``"3d"`` (the main model,
-    3-axis RoPE and the layer embedding, as released), ``art_sprites_2d``, ``art_sprites_2d_pe`` (names
-    reserved: only ``art_sprites`` is trained; :func:`position_ablation` trains the others)."""
+    3-axis RoPE and the layer embedding, as released), ``art_sprites_2d``, ``art_sprites_2d_pe`` (the
+    zoo trains all three with one recipe; :func:`position_ablation` trains them again over seeds)."""
     if variant not in POSITION_VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(POSITION_VARIANTS)}")
     return "art_sprites" if variant == "3d" else f"art_sprites_{variant}"
