@@ -62,8 +62,11 @@ def _fit(model, cfg, steps, generator, device, progress=None):
                    progress=progress)
     held, _ = layered_batch(_scenes(data, 2 * _EVAL_N, _HELD_OUT_SEED), patch)
     metric = heldout_loss(model, held, generator=torch.Generator().manual_seed(0))
-    few, stacked = layered_batch(_scenes(data, 32, _HELD_OUT_SEED + 1), patch, max_layers=_max_layers(data))
-    m = layer_metrics(generate(model, few, steps=25, generator=torch.Generator().manual_seed(0)), stacked)
+    # the samples' metrics of a real run: 32 layouts, 25 DDIM steps (a smoke run of a few steps
+    # samples as many layouts with as many DDIM steps as it trained: the same code, less work)
+    n_show = min(32, max(2, steps))
+    few, stacked = layered_batch(_scenes(data, n_show, _HELD_OUT_SEED + 1), patch, max_layers=_max_layers(data))
+    m = layer_metrics(generate(model, few, steps=min(25, n_show), generator=torch.Generator().manual_seed(0)), stacked)
     tail = hist.loss[-100:]
     return {"metric": metric, "train_loss_last100": sum(tail) / max(1, len(tail)),
             "consistency_psnr_db": float(m["consistency_psnr"].mean()),
