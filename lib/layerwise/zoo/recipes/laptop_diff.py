@@ -3,7 +3,7 @@
 - ``laptop_teacher16``: the teacher, deep enough for "remove half the layers": a depth-8 TinyDiT
   ε-predictor on the diffusion primer's 16×16 centred sprites (shape-conditional, null label;
   EMA weights), so that ``sprite_classifier16`` can judge its samples. Width 64 and patch 4 (16
-  tokens) keep a training step at ~0.1 s on one thread; 6000 steps (~15 CPU-minutes) bring its
+  tokens) keep a training step at ~0.1 s on one thread; 6000 steps (~10 CPU-minutes) bring its
   samples to the primer's ``sprite_dit16`` level (the classifier names the intended shape in
   about 45 % of 10-step DDIM samples, for both; 1500 steps gave 31 %).
 - ``laptop_student_<selection>_<kd>_s<seed>``: the teacher with half its blocks removed and
